@@ -1,0 +1,115 @@
+"""Configuration from the environment (12-factor), with a `.env` file honoured.
+
+Every setting of the contract table in DESIGN.md is here. `create_app` fills in
+the two defaults that depend on the instance folder (SECRET_KEY, DATABASE_URL,
+and the outbox directory of MAIL_URL).
+"""
+
+from __future__ import annotations
+
+import os
+
+from dotenv import load_dotenv
+
+load_dotenv()
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _int(name: str, default: int) -> int:
+    return int(_env(name, str(default)))
+
+
+def _float(name: str, default: float) -> float:
+    return float(_env(name, str(default)))
+
+
+def _bool(name: str, default: bool = False) -> bool:
+    return _env(name, "1" if default else "0").lower() in {"1", "true", "yes", "on"}
+
+
+def _list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in _env(name, default).split(",") if item.strip()]
+
+
+class Config:
+    """Settings read from the environment once, when the class is created."""
+
+    SECRET_KEY: str | None = _env("SECRET_KEY") or None
+    SQLALCHEMY_DATABASE_URI: str | None = _env("DATABASE_URL") or None
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    PUBLIC_URL: str = _env("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
+    MAIL_URL: str | None = _env("MAIL_URL") or None  # default: outbox://<instance>/outbox
+    MAIL_FROM: str = _env("MAIL_FROM", "Nyhetsbrev <nyhetsbrev@localhost>")
+    LIST_ID: str = _env("LIST_ID")  # default derived from MAIL_FROM's domain
+    UNSUBSCRIBE_MAILTO: str = _env("UNSUBSCRIBE_MAILTO")
+    FEED_URLS: list[str] = _list("FEED_URLS")
+    DIGEST_SCHEDULE: str = _env("DIGEST_SCHEDULE", "0 7 * * mon")
+    DIGEST_MAX_AGE_DAYS: int = _int("DIGEST_MAX_AGE_DAYS", 7)
+    DIGEST_REQUIRE_APPROVAL: bool = _bool("DIGEST_REQUIRE_APPROVAL")
+    FEED_POLL_MINUTES: int = _int("FEED_POLL_MINUTES", 60)
+    TIMEZONE: str = _env("TIMEZONE", "Europe/Stockholm")
+    DEFAULT_LOCALE: str = _env("DEFAULT_LOCALE", "sv")
+    LANGUAGES: tuple[str, ...] = ("sv", "en")
+    # slug=Swedish name|English name, in the order they are shown.
+    TOPICS: list[str] = _list(
+        "TOPICS",
+        "nyheter=Nyheter|News,pressmeddelanden=Pressmeddelanden|Press releases,"
+        "blogg=Blogg|Blog",
+    )
+    # Feed category (case-insensitive) = topic slug; unknown categories go to DEFAULT_TOPIC.
+    TOPIC_CATEGORIES: list[str] = _list(
+        "TOPIC_CATEGORIES",
+        "nyheter=nyheter,krönikor=nyheter,pressmeddelanden=pressmeddelanden,"
+        "pressmeddelande=pressmeddelanden,blogg=blogg",
+    )
+    DEFAULT_TOPIC: str = _env("DEFAULT_TOPIC", "nyheter")
+    CONSENT_VERSION: str = _env("CONSENT_VERSION", "2026-11-01")
+    CONFIRM_MAX_AGE: int = _int("CONFIRM_MAX_AGE", 7 * 24 * 3600)  # seconds
+    CONFIRM_RESEND_MINUTES: int = _int("CONFIRM_RESEND_MINUTES", 15)
+    SIGNUP_MIN_SECONDS: float = _float("SIGNUP_MIN_SECONDS", 2.0)
+    SIGNUP_RATE_PER_IP: str = _env("SIGNUP_RATE_PER_IP", "10 per minute;60 per hour")
+    SIGNUP_RATE_PER_ADDRESS: str = _env("SIGNUP_RATE_PER_ADDRESS", "3 per hour;10 per day")
+    ALLOWED_EMBED_ORIGINS: list[str] = _list("ALLOWED_EMBED_ORIGINS")
+    BROKER_URL: str = _env("BROKER_URL")
+    RATELIMIT_STORAGE_URI: str = _env("RATELIMIT_STORAGE_URI", "memory://")
+    RATELIMIT_HEADERS_ENABLED: bool = True
+    SEND_RATE: float = _float("SEND_RATE", 0)  # messages per second; 0 = unlimited
+    SEND_CONNECTIONS: int = _int("SEND_CONNECTIONS", 4)
+    SEND_BATCH_SIZE: int = _int("SEND_BATCH_SIZE", 500)
+    SEND_MAX_ATTEMPTS: int = _int("SEND_MAX_ATTEMPTS", 5)
+    SEND_MAX_ERROR_RATE: float = _float("SEND_MAX_ERROR_RATE", 0.2)
+    SEND_WINDOW: str = _env("SEND_WINDOW")  # e.g. "07:00-21:00" in TIMEZONE; empty = any time
+    DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
+    DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
+    BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
+    # Mail that is sent outside the request (confirmations): a thread in-process by default.
+    MAIL_QUEUE_THREAD: bool = _bool("MAIL_QUEUE_THREAD", True)
+    SESSION_COOKIE_HTTPONLY: bool = True
+    SESSION_COOKIE_SAMESITE: str = "Lax"
+    SESSION_COOKIE_SECURE: bool = PUBLIC_URL.startswith("https://")
+    REMEMBER_COOKIE_SECURE: bool = PUBLIC_URL.startswith("https://")
+    REMEMBER_COOKIE_HTTPONLY: bool = True
+    WTF_CSRF_TIME_LIMIT: int | None = None  # a subscribe page left open all day still works
+    BABEL_DEFAULT_TIMEZONE: str = TIMEZONE
+    LOG_LEVEL: str = _env("LOG_LEVEL", "INFO")
+
+
+class TestConfig(Config):
+    """Settings for the test suite: fast, deterministic, no background threads."""
+
+    TESTING = True
+    SECRET_KEY = "test-secret-key"
+    PUBLIC_URL = "http://newsletter.test"
+    MAIL_URL = "memory://"
+    MAIL_FROM = "Föreningen Norrsken <nyhetsbrev@norrsken.example>"
+    SIGNUP_MIN_SECONDS = 0.0
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    MAIL_QUEUE_THREAD = False
+    FEED_URLS: list[str] = []
+    BROKER_URL = ""
+    SESSION_COOKIE_SECURE = False
+    REMEMBER_COOKIE_SECURE = False

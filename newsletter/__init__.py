@@ -1,0 +1,87 @@
+"""The newsletter service: `create_app()` builds the Flask app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from config import Config
+
+from .extensions import babel, csrf, db, limiter, login, migrate
+from .i18n import compile_catalogs, select_locale, select_timezone
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(overrides: dict | None = None, config_class: type = Config) -> Flask:
+    """Build the app: config, extensions, blueprints, CLI."""
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder="static",
+        instance_path=(overrides or {}).get("INSTANCE_PATH")
+        or os.environ.get("INSTANCE_PATH")
+        or str(PROJECT_ROOT / "instance"),
+    )
+    app.config.from_object(config_class)
+    if overrides:
+        app.config.update(overrides)
+    _instance_defaults(app)
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("PROXY_FIX"):  # behind a reverse proxy that sets X-Forwarded-*
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone,
+                   default_translation_directories=str(Path(__file__).parent / "translations"))
+    login.init_app(app)
+    compile_catalogs()
+
+    from . import models  # noqa: F401  (registers the tables with the metadata)
+    from .admin import bp as admin_bp
+    from .api import bp as api_bp
+    from .cli import register_cli
+    from .hooks import bp as hooks_bp
+    from .i18n import register_template_helpers
+    from .public import bp as public_bp
+
+    app.register_blueprint(public_bp)
+    app.register_blueprint(admin_bp, url_prefix="/admin")
+    app.register_blueprint(api_bp, url_prefix="/api/v1")
+    app.register_blueprint(hooks_bp, url_prefix="/hooks")
+    register_template_helpers(app)
+    register_cli(app)
+    return app
+
+
+def _instance_defaults(app: Flask) -> None:
+    """Defaults that live in the instance folder: database, outbox, a generated SECRET_KEY."""
+    instance = Path(app.instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'newsletter.db'}"
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if uri.startswith("postgres://"):  # the old Heroku-style scheme
+        uri = "postgresql://" + uri[len("postgres://"):]
+    if uri.startswith("postgresql://"):  # psycopg 3 is the driver we ship
+        uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
+    app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    if not app.config.get("MAIL_URL"):
+        app.config["MAIL_URL"] = f"outbox://{instance / 'outbox'}"
+    if not app.config.get("SECRET_KEY"):
+        key_file = instance / "secret_key"
+        if not key_file.exists():
+            # Written once and kept, so tokens in sent emails stay valid across restarts.
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        app.config["SECRET_KEY"] = key_file.read_text().strip()

@@ -1,0 +1,12 @@
+"""`flask --app wsgi …` commands: one module per command group, all thin over the services."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_cli(app: Flask) -> None:
+    from . import subscribers
+
+    for module in (subscribers,):
+        app.cli.add_command(module.group)

@@ -1,0 +1,5 @@
+"""The hooks blueprint."""
+
+from flask import Blueprint
+
+bp = Blueprint("hooks", __name__)

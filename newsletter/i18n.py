@@ -1,0 +1,80 @@
+"""Language and time zone selection, and template helpers for both."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from flask import Flask, current_app, g, request
+from flask_babel import format_datetime
+
+LANG_COOKIE = "lang"
+TRANSLATIONS = Path(__file__).parent / "translations"
+
+
+def compile_catalogs(directory: Path = TRANSLATIONS) -> None:
+    """Compile every messages.po whose .mo is missing or older (the .mo files are not in git)."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    for po_path in directory.glob("*/LC_MESSAGES/messages.po"):
+        mo_path = po_path.with_suffix(".mo")
+        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
+            continue
+        with po_path.open("rb") as handle:
+            catalog = read_po(handle, locale=po_path.parent.parent.name)
+        tmp = mo_path.with_suffix(".mo.tmp")
+        with tmp.open("wb") as handle:
+            write_mo(handle, catalog)
+        tmp.replace(mo_path)
+
+
+def supported(locale: str | None) -> str | None:
+    return locale if locale in current_app.config["LANGUAGES"] else None
+
+
+def select_locale() -> str:
+    """A language forced for this request (a subscriber's own), else ?lang=, cookie, browser."""
+    forced = supported(g.get("locale"))
+    if forced:
+        return forced
+    if request:
+        chosen = supported(request.args.get("lang")) or supported(request.cookies.get(LANG_COOKIE))
+        if chosen:
+            return chosen
+        best = request.accept_languages.best_match(current_app.config["LANGUAGES"])
+        if best:
+            return best
+    return current_app.config["DEFAULT_LOCALE"]
+
+
+def select_timezone() -> str:
+    return current_app.config["TIMEZONE"]
+
+
+def local_time(value: datetime) -> datetime:
+    return value.astimezone(ZoneInfo(current_app.config["TIMEZONE"]))
+
+
+def remember_language(response):
+    """Keep an explicit ?lang= choice in a cookie, so the visible switch sticks."""
+    chosen = supported(request.args.get("lang"))
+    if chosen and request.cookies.get(LANG_COOKIE) != chosen:
+        response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 24 * 3600, samesite="Lax",
+                            httponly=True)
+    return response
+
+
+def register_template_helpers(app: Flask) -> None:
+    app.after_request(remember_language)
+
+    @app.template_filter("localtime")
+    def localtime_filter(value: datetime, fmt: str = "medium") -> str:
+        return format_datetime(value, fmt) if value else ""
+
+    @app.context_processor
+    def locale_context():
+        from flask_babel import get_locale
+
+        return {"current_locale": str(get_locale() or app.config["DEFAULT_LOCALE"])}
