@@ -1,0 +1,52 @@
+"""The send ledger: pinned recipients, exactly one message each, pause obeyed, 5xx bounces."""
+
+from __future__ import annotations
+
+from newsletter import delivery
+from newsletter.extensions import db
+from newsletter.mail import prepare_message, slot
+from newsletter.models import Delivery, Digest, Subscriber
+
+
+def _seed(n: int) -> int:
+    for i in range(n):
+        db.session.add(Subscriber(email=f"person{i}@example.se", status="confirmed"))
+    db.session.add(Subscriber(email="pending@example.se", status="pending"))
+    digest = Digest(status="draft", subject_sv="Veckans nyheter")
+    db.session.add(digest)
+    db.session.commit()
+    return digest.id
+
+
+def _factory():
+    prepared = prepare_message(subject="Veckans nyheter", text=f"Avsluta: {slot('unsubscribe_url')}",
+                               html=f'<a href="{slot("unsubscribe_url")}">Avsluta</a>', bulk=True)
+    return lambda subscriber: prepared
+
+
+def test_send_reaches_each_confirmed_subscriber_once_and_bounces_5xx(smtp_app, smtp_server):
+    smtp_server.handler.faults = lambda rcpt: "550 5.1.1 unknown" if rcpt == "person3@example.se" else None
+    with smtp_app.app_context():
+        digest_id = _seed(10)
+        counts = delivery.send_digest(digest_id, message_for=_factory(), batch_size=4)
+        assert counts["sent"] == 9 and counts["bounced"] == 1 and counts["total"] == 10
+        again = delivery.send_digest(digest_id, message_for=_factory())  # a rerun sends nothing more
+        assert again["sent"] == 9
+        assert db.session.get(Digest, digest_id).status == "done"
+        bounced = db.session.execute(db.select(Subscriber).filter_by(email="person3@example.se")).scalar_one()
+        assert bounced.status == "bounced"
+    recipients = sorted(m["To"] for m in smtp_server.messages())
+    assert len(recipients) == len(set(recipients)) == 9
+    assert "pending@example.se" not in recipients
+
+
+def test_paused_send_stops_and_resumes_without_duplicates(smtp_app, smtp_server):
+    with smtp_app.app_context():
+        digest_id = _seed(6)
+        delivery.start_send(digest_id)
+        delivery.pause_send(digest_id)
+        assert delivery.send_digest(digest_id, message_for=_factory())["sent"] == 0
+        delivery.resume_send(digest_id)
+        assert delivery.send_digest(digest_id, message_for=_factory())["sent"] == 6
+        assert db.session.execute(db.select(db.func.count()).select_from(Delivery)).scalar_one() == 6
+    assert len(smtp_server.messages()) == 6
