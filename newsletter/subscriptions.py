@@ -29,10 +29,9 @@ from .models import (
     QueuedEmail,
     Subscriber,
     Topic,
-    subscriber_topics,
     utcnow,
 )
-from .topics import topics_by_slugs
+from .topics import ensure_topics, topics_by_slugs
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
@@ -107,6 +106,8 @@ def check_topics(slugs) -> list[Topic]:
         return slugs
     if not all(isinstance(s, str) and not has_forbidden_characters(s) for s in slugs):
         raise InvalidInput("topics", "malformed topic")
+    if slugs:
+        ensure_topics()  # the configured topics exist even before anyone has seen the form
     try:
         return topics_by_slugs(slugs)
     except ValueError as exc:
@@ -357,10 +358,9 @@ def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
         delete(ConsentEvent).where(ConsentEvent.subscriber_id == sid),
         delete(Delivery).where(Delivery.subscriber_id == sid),
         delete(QueuedEmail).where(QueuedEmail.subscriber_id == sid),
-        delete(subscriber_topics).where(subscriber_topics.c.subscriber_id == sid),
     ):
         db.session.execute(statement.execution_options(synchronize_session=False))
-    db.session.delete(subscriber)
+    db.session.delete(subscriber)  # with its topic links (the ORM removes the secondary rows)
     db.session.add(ConsentEvent(subscriber_id=None, email_hash=hashed, kind="erase",
                                 source=_check_source(source),
                                 wording_version=current_app.config["CONSENT_VERSION"]))
