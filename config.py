@@ -87,6 +87,10 @@ class Config:
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
     # Mail that is sent outside the request (confirmations): a thread in-process by default.
     MAIL_QUEUE_THREAD: bool = _bool("MAIL_QUEUE_THREAD", True)
+    # The queue worker also wakes this often on its own, to retry what failed earlier.
+    MAIL_QUEUE_POLL_SECONDS: float = _float("MAIL_QUEUE_POLL_SECONDS", 30)
+    # Temporary (4xx) refusals of one message before it is given up; a dead server never gives up.
+    MAIL_QUEUE_MAX_ATTEMPTS: int = _int("MAIL_QUEUE_MAX_ATTEMPTS", 10)
     SESSION_COOKIE_HTTPONLY: bool = True
     SESSION_COOKIE_SAMESITE: str = "Lax"
     SESSION_COOKIE_SECURE: bool = PUBLIC_URL.startswith("https://")

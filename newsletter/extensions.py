@@ -38,3 +38,9 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 babel = Babel()
 login = LoginManager()
+
+
+@login.user_loader
+def _nobody(user_id: str):
+    """Nobody is logged in: a placeholder until the admin area registers its own loader."""
+    return None

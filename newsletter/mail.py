@@ -35,7 +35,8 @@ from .models import utcnow
 log = logging.getLogger(__name__)
 
 # Per-recipient values. A template gets `slot("unsubscribe_url")` where the link goes.
-SLOT_NAMES = ("to", "message_id", "date", "unsubscribe_url", "preferences_url")
+# `confirm_url` lets one rendering of the confirmation email serve every pending subscriber.
+SLOT_NAMES = ("to", "message_id", "date", "unsubscribe_url", "preferences_url", "confirm_url")
 _SLOT_MARK = "@@nl-slot:{}@@"
 _CRLF = b"\r\n"
 

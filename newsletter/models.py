@@ -231,7 +231,11 @@ class QueuedEmail(db.Model):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Which flush claimed the row: a batch is claimed with one UPDATE, then read back by this.
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Set when the message is given up (a 5xx, too many 4xx, or nothing left to send it to).
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -195,3 +195,24 @@ def body_text(message: EmailMessage, subtype: str = "plain") -> str:
     part = message.get_body(preferencelist=(subtype,))
     assert part is not None, f"no text/{subtype} part"
     return part.get_content().replace("\r\n", "\n")
+
+
+# --- issue 2 (subscriptions) ------------------------------------------------------
+
+
+@pytest.fixture
+def make_app(app_config):
+    """Build an app with extra settings (`make_app(SIGNUP_MIN_SECONDS=3)`); disposed afterwards."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app({**app_config, **overrides}, config_class=TestConfig)
+        _reset_database(app)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()

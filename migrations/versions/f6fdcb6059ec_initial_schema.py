@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: efc4e712b8f9
+Revision ID: f6fdcb6059ec
 Revises: 
-Create Date: 2026-11-25 11:04:54.275051
+Create Date: 2026-11-25 11:13:06.339818
 
 """
 from alembic import op
@@ -12,7 +12,7 @@ import newsletter.models
 
 
 # revision identifiers, used by Alembic.
-revision = 'efc4e712b8f9'
+revision = 'f6fdcb6059ec'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -176,7 +176,9 @@ def upgrade():
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', newsletter.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('claimed_until', newsletter.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claimed_by', sa.String(length=32), nullable=True),
     sa.Column('sent_at', newsletter.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('failed_at', newsletter.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.String(length=500), nullable=False),
     sa.Column('created_at', newsletter.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['subscriber_id'], ['subscriber.id'], name=op.f('fk_queued_email_subscriber_id_subscriber'), ondelete='CASCADE'),
