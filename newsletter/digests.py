@@ -219,7 +219,8 @@ class DigestRenderer:
             public_url=public_url,
             subscribe_url=f"{public_url}/subscribe",
             archive_url=f"{public_url}/archive",
-            web_url=f"{public_url}/archive/{digest_id}?lang={locale}" if digest_id else "",
+            # "Read it in your browser" only in the email, and only once the digest is saved.
+            web_url=f"{public_url}/archive/{digest_id}?lang={locale}" if digest_id and personal else "",
         )
 
 
@@ -356,11 +357,11 @@ def _try_lease(engine, name: str, holder: str) -> bool:
 
 
 @contextmanager
-def send_lease(name: str = SEND_LEASE, *, wait: bool = True, poll: float = 1.0) -> Iterator[bool]:
-    """Hold a named lease while sending; renewed in the background, released at the end.
+def lease(name: str, *, wait: bool = True, poll: float = 1.0) -> Iterator[bool]:
+    """Hold a named lease (a SchedulerLock row); renewed in the background, released at the end.
 
-    With `wait`, blocks until the lease is free (another send finishes, or its holder
-    died and the lease ran out); without, yields False at once when it is taken.
+    With `wait`, blocks until the lease is free (its holder finishes, or died and the
+    lease ran out after LEASE_SECONDS); without, yields False at once when it is taken.
     """
     engine = db.engine
     holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -371,7 +372,7 @@ def send_lease(name: str = SEND_LEASE, *, wait: bool = True, poll: float = 1.0) 
             yield False
             return
         if not announced:
-            log.info("waiting for another process to finish sending (lease %s)", name)
+            log.info("waiting for another process that holds the lease %r", name)
             announced = True
         time.sleep(poll)
     stop = threading.Event()
@@ -393,3 +394,8 @@ def send_lease(name: str = SEND_LEASE, *, wait: bool = True, poll: float = 1.0) 
         table = SchedulerLock.__table__
         with engine.begin() as conn:
             conn.execute(delete(table).where(table.c.name == name, table.c.holder == holder))
+
+
+def send_lease(*, wait: bool = True):
+    """The lease every digest send runs under, so two processes never send at once."""
+    return lease(SEND_LEASE, wait=wait)
