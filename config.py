@@ -49,7 +49,10 @@ class Config:
     DIGEST_SCHEDULE: str = _env("DIGEST_SCHEDULE", "0 7 * * mon")
     DIGEST_MAX_AGE_DAYS: int = _int("DIGEST_MAX_AGE_DAYS", 7)
     DIGEST_REQUIRE_APPROVAL: bool = _bool("DIGEST_REQUIRE_APPROVAL")
-    FEED_POLL_MINUTES: int = _int("FEED_POLL_MINUTES", 60)
+    FEED_POLL_MINUTES: int = _int("FEED_POLL_MINUTES", 60)  # 0 = poll only before each digest
+    # A weekly run missed (scheduler down) is still made if the scheduler is back within this;
+    # later, it is skipped and the articles go into the next week's digest.
+    DIGEST_MISFIRE_GRACE_MINUTES: int = _int("DIGEST_MISFIRE_GRACE_MINUTES", 360)
     TIMEZONE: str = _env("TIMEZONE", "Europe/Stockholm")
     DEFAULT_LOCALE: str = _env("DEFAULT_LOCALE", "sv")
     LANGUAGES: tuple[str, ...] = ("sv", "en")

@@ -75,6 +75,12 @@ def _instance_defaults(app: Flask) -> None:
     if uri.startswith("postgresql://"):  # psycopg 3 is the driver we ship
         uri = "postgresql+psycopg://" + uri[len("postgresql://"):]
     app.config["SQLALCHEMY_DATABASE_URI"] = uri
+    if uri.startswith("sqlite"):
+        # Several processes (web, scheduler, a manual `digest send`) share the file: wait for
+        # a write lock instead of failing at once with "database is locked".
+        options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        options["connect_args"] = {"timeout": 30, **options.get("connect_args", {})}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     if not app.config.get("MAIL_URL"):
         app.config["MAIL_URL"] = f"outbox://{instance / 'outbox'}"
     if not app.config.get("SECRET_KEY"):

@@ -216,3 +216,72 @@ def make_app(app_config):
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+# --- issue 3: a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
+
+
+class FeedServer:
+    """Serves `files` (path -> bytes, or an int status) over HTTP on loopback.
+
+    Answers conditional GETs with 304 when If-None-Match or If-Modified-Since match,
+    and records every request as (path, headers) in `requests`.
+    """
+
+    LAST_MODIFIED = "Sun, 22 Nov 2026 18:40:02 GMT"
+
+    def __init__(self):
+        import hashlib
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files: dict[str, bytes | int] = {}
+        self.requests: list[tuple[str, dict]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802  (http.server's naming)
+                server.requests.append((self.path, dict(self.headers)))
+                body = server.files.get(self.path, 404)
+                if isinstance(body, int):
+                    self.send_response(body)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                etag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+                if self.headers.get("If-None-Match") == etag or (
+                        "If-None-Match" not in self.headers
+                        and self.headers.get("If-Modified-Since") == server.LAST_MODIFIED):
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                kind = "application/atom+xml" if self.path.endswith(".atom") else "application/rss+xml"
+                self.send_header("Content-Type", f"{kind}; charset=UTF-8")
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", server.LAST_MODIFIED)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def feed_server():
+    """The fixture feeds at /nyheter.rss and /blogg.atom over real HTTP."""
+    server = FeedServer()
+    server.files["/nyheter.rss"] = (FIXTURES / "nyheter.rss").read_bytes()
+    server.files["/blogg.atom"] = (FIXTURES / "blogg.atom").read_bytes()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()

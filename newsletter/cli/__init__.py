@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
-    from . import subscribers
+    from . import articles, digest, feeds, scheduler, subscribers
 
-    for module in (subscribers,):
+    for module in (subscribers, feeds, articles, digest, scheduler):
         app.cli.add_command(module.group)

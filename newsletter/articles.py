@@ -1,0 +1,360 @@
+"""Articles: feed ingestion (requests + feedparser), hand-made articles, sanitising (nh3).
+
+Titles and summaries are stored as plain text (tags stripped, entities
+unescaped); templates escape them on output. The optional body is HTML that has
+been through nh3: no scripts, no event handlers, only http(s)/mailto links.
+Feedparser sanitises too, but we never rely on a parser's side effect for safety.
+"""
+
+from __future__ import annotations
+
+import calendar
+import html
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
+from zoneinfo import ZoneInfo
+
+import feedparser
+import nh3
+import requests
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .extensions import db
+from .models import Article, Feed, Topic, utcnow
+from .topics import ensure_topics, topic_for_category, topics_by_slugs
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 20  # seconds, connect and read: a hanging site never holds up the digest
+USER_AGENT = "newsletter-digest/1.0 (+feed reader)"
+URL_SCHEMES = {"http", "https", "mailto"}
+BODY_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "cite", "code", "em", "figcaption", "figure", "h2", "h3",
+    "h4", "hr", "i", "img", "li", "ol", "p", "pre", "q", "s", "small", "strong", "sub", "sup", "u", "ul",
+}
+BODY_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height"}, "abbr": {"title"}}
+
+
+@dataclass
+class FetchResult:
+    """What one poll of one feed did."""
+
+    feed_id: int
+    url: str
+    status: str  # "ok", "not-modified" or "error"
+    added: int = 0
+    updated: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "error"
+
+
+# --- sanitising ------------------------------------------------------------------
+
+
+def plain_text(value: str | None, limit: int | None = None) -> str:
+    """HTML or text from a feed as one line of plain text: tags (and script content) gone, entities
+    decoded, whitespace collapsed."""
+    if not value:
+        return ""
+    text = html.unescape(nh3.clean(value, tags=set(), attributes={}))
+    text = " ".join(text.split())
+    if limit and len(text) > limit:
+        text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return text
+
+
+def summary_text(value: str | None, limit: int = 600) -> str:
+    """A summary as plain text; WordPress's trailing "[…]" becomes an ellipsis."""
+    text = plain_text(value, limit)
+    text = re.sub(r"\s*\[(?:…|\.\.\.)\]$", "…", text)
+    return text
+
+
+def sanitise_html(value: str | None) -> str:
+    """Body HTML safe for an email or page: a small tag set, http(s)/mailto URLs only."""
+    if not value:
+        return ""
+    return nh3.clean(
+        value,
+        tags=BODY_TAGS,
+        attributes=BODY_ATTRIBUTES,
+        url_schemes=URL_SCHEMES,
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    ).strip()
+
+
+def safe_url(value: str | None, base: str = "") -> str:
+    """An absolute http(s) URL, or "" for anything else (javascript:, data:, junk)."""
+    if not value:
+        return ""
+    url = urljoin(base, value.strip()) if base else value.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return ""
+    return url
+
+
+class _FirstImage(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.src = ""
+        self.alt = ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img" and not self.src:
+            values = dict(attrs)
+            self.src = values.get("src") or ""
+            self.alt = values.get("alt") or ""
+
+
+def first_image(body_html: str, base: str = "") -> tuple[str, str]:
+    """(src, alt) of the first image in already sanitised HTML."""
+    parser = _FirstImage()
+    parser.feed(body_html)
+    return safe_url(parser.src, base), plain_text(parser.alt, 500)
+
+
+# --- feeds -------------------------------------------------------------------------
+
+
+def _topic(slug: str | None) -> Topic | None:
+    if not slug:
+        return None
+    ensure_topics()
+    return topics_by_slugs([slug])[0]
+
+
+def add_feed(url: str, *, topic_slug: str | None = None) -> Feed:
+    """Register a feed (idempotent by URL); `topic_slug` puts all its articles in that topic."""
+    url = (url or "").strip()
+    if not safe_url(url):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    topic = _topic(topic_slug)
+    feed = db.session.execute(select(Feed).where(Feed.url == url)).scalar_one_or_none()
+    if feed is None:
+        feed = Feed(url=url)
+        db.session.add(feed)
+    if topic is not None:
+        feed.topic = topic
+    db.session.commit()
+    return feed
+
+
+def ensure_configured_feeds() -> list[Feed]:
+    """Every URL in FEED_URLS as a Feed row; all feeds."""
+    known = set(db.session.execute(select(Feed.url)).scalars())
+    for url in current_app.config.get("FEED_URLS") or []:
+        if url not in known:
+            try:
+                add_feed(url)
+            except (ValueError, IntegrityError) as exc:  # a bad setting, or another process added it
+                db.session.rollback()
+                log.warning("FEED_URLS entry %r not registered: %s", url, exc)
+    return list(db.session.execute(select(Feed).order_by(Feed.id)).scalars())
+
+
+def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
+    """Poll every feed; a broken one is logged and skipped, never stops the others."""
+    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds()]
+
+
+def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETCH_TIMEOUT) -> FetchResult:
+    """Poll one feed with a conditional GET and store its new or changed entries."""
+    now = now or utcnow()
+    result = FetchResult(feed_id=feed.id, url=feed.url, status="ok")
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, */*;q=0.5"}
+    if feed.etag:
+        headers["If-None-Match"] = feed.etag
+    if feed.modified:
+        headers["If-Modified-Since"] = feed.modified
+    try:
+        response = requests.get(feed.url, headers=headers, timeout=timeout)
+        if response.status_code == 304:
+            result.status = "not-modified"
+        else:
+            response.raise_for_status()
+            parsed = feedparser.parse(response.content, response_headers=dict(response.headers))
+            if not parsed.get("version") and not parsed.entries:
+                raise ValueError(f"not an RSS or Atom feed ({parsed.get('bozo_exception') or 'no entries'})")
+            feed.title = plain_text(parsed.feed.get("title"), 300) or feed.title
+            for entry in parsed.entries:
+                if _store_entry(feed, entry, now, base=response.url):
+                    result.added += 1
+                else:
+                    result.updated += 1
+            feed.etag = response.headers.get("ETag") or None
+            feed.modified = response.headers.get("Last-Modified") or None
+    except (requests.RequestException, ValueError) as exc:
+        db.session.rollback()
+        result.status, result.error = "error", f"{exc.__class__.__name__}: {exc}"[:1000]
+        log.warning("feed %s skipped: %s", feed.url, result.error)
+    feed.last_fetched_at = now
+    feed.last_status = result.status
+    feed.last_error = result.error
+    db.session.commit()
+    return result
+
+
+def _entry_time(entry) -> datetime | None:
+    for key in ("published_parsed", "updated_parsed"):
+        value = entry.get(key)
+        if value:
+            return datetime.fromtimestamp(calendar.timegm(value), UTC)
+    return None
+
+
+def _entry_fields(feed: Feed, entry, base: str) -> dict:
+    link = safe_url(entry.get("link"), base)
+    body = sanitise_html(entry.content[0].value if entry.get("content") else "")
+    image_url, image_alt = first_image(body, base)
+    if not image_url:
+        for enclosure in entry.get("enclosures", []) + entry.get("media_content", []):
+            if str(enclosure.get("type", "")).startswith("image/") or enclosure.get("medium") == "image":
+                image_url = safe_url(enclosure.get("href") or enclosure.get("url"), base)
+                if image_url:
+                    break
+    title = plain_text(entry.get("title"), 500)
+    categories = [tag.get("term") or "" for tag in entry.get("tags", [])]
+    return {
+        "title": title or link,
+        "url": link,
+        "summary": summary_text(entry.get("summary")),
+        "body_html": body,
+        "image_url": image_url,
+        "image_alt": image_alt or (title if image_url else ""),
+        "author": plain_text(entry.get("author"), 200),
+        "topic": feed.topic or topic_for_category(categories),
+    }
+
+
+def _store_entry(feed: Feed, entry, now: datetime, base: str) -> bool:
+    """Insert or update the article of one feed entry; True when it is new."""
+    fields = _entry_fields(feed, entry, base)
+    source_id = (entry.get("id") or fields["url"] or "").strip()[:1000]
+    if not source_id or not fields["url"]:
+        log.info("feed %s: entry without id or link skipped", feed.url)
+        return False
+    published = _entry_time(entry)
+    article = db.session.execute(select(Article).where(Article.source_id == source_id)).scalar_one_or_none()
+    if article is None:
+        article = Article(source_id=source_id, feed_id=feed.id, collected_at=now,
+                          published_at=published or now, **fields)
+        try:
+            with db.session.begin_nested():  # another poller may insert the same guid at once
+                db.session.add(article)
+        except IntegrityError:
+            article = db.session.execute(select(Article).where(Article.source_id == source_id)).scalar_one()
+        else:
+            return True
+    for name, value in fields.items():
+        # A later version without a body or image (a truncated feed) keeps the ones it had.
+        if value or name not in ("body_html", "image_url", "image_alt"):
+            setattr(article, name, value)
+    if published:  # an undated item keeps the time it was first collected
+        article.published_at = published
+    return False
+
+
+# --- hand-made articles ----------------------------------------------------------------
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A tz-aware datetime; ISO strings and naive values are read as TIMEZONE local time."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"not an ISO date or time: {value!r}") from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(current_app.config["TIMEZONE"]))
+    return value.astimezone(UTC)
+
+
+def _clean_fields(fields: dict) -> dict:
+    clean: dict = {}
+    if "title" in fields:
+        clean["title"] = plain_text(fields["title"], 500)
+        if not clean["title"]:
+            raise ValueError("the title is empty")
+    if "url" in fields:
+        clean["url"] = safe_url(fields["url"])
+        if not clean["url"]:
+            raise ValueError(f"not an http(s) URL: {fields['url']!r}")
+    if "summary" in fields:
+        clean["summary"] = summary_text(fields["summary"], 2000)
+    if "body_html" in fields:
+        clean["body_html"] = sanitise_html(fields["body_html"])
+    if "author" in fields:
+        clean["author"] = plain_text(fields["author"], 200)
+    if "image_url" in fields:
+        clean["image_url"] = safe_url(fields["image_url"])
+    if "image_alt" in fields:
+        clean["image_alt"] = plain_text(fields["image_alt"], 500)
+    if "topic_slug" in fields:
+        clean["topic"] = _topic(fields["topic_slug"]) or topic_for_category([])
+    if "published" in fields:
+        clean["published_at"] = _aware(fields["published"]) or utcnow()
+    if "hidden" in fields:
+        clean["hidden"] = bool(fields["hidden"])
+    return clean
+
+
+def add_article(*, title: str, url: str, summary: str = "", topic_slug: str | None = None,
+                published: datetime | str | None = None, author: str = "", image_url: str = "",
+                image_alt: str = "", body_html: str = "", now: datetime | None = None) -> Article:
+    """An article that is in no feed. ValueError for bad input or a URL already known."""
+    clean = _clean_fields({
+        "title": title, "url": url, "summary": summary, "topic_slug": topic_slug, "author": author,
+        "image_url": image_url, "image_alt": image_alt, "body_html": body_html,
+    })
+    now = now or utcnow()
+    clean["published_at"] = _aware(published) or now
+    if db.session.execute(select(Article.id).where(Article.source_id == clean["url"])).first():
+        raise ValueError(f"an article with the URL {clean['url']} exists already")
+    article = Article(source_id=clean["url"], collected_at=now, **clean)
+    db.session.add(article)
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        raise ValueError(f"an article with the URL {clean['url']} exists already") from exc
+    return article
+
+
+def update_article(article: Article, **fields) -> Article:
+    """Change an article's fields (same names as add_article, plus `hidden`)."""
+    allowed = {"title", "url", "summary", "topic_slug", "published", "author", "image_url", "image_alt",
+               "body_html", "hidden"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown article field: {', '.join(sorted(unknown))}")
+    for name, value in _clean_fields(fields).items():
+        setattr(article, name, value)
+    db.session.commit()
+    return article
+
+
+def set_hidden(article: Article, hidden: bool) -> Article:
+    """Leave an article out of (or put it back into) the coming digest."""
+    article.hidden = hidden
+    db.session.commit()
+    return article
+
+
+def recent_articles(days: int = 30) -> list[Article]:
+    cutoff = utcnow() - timedelta(days=days)
+    return list(db.session.execute(
+        select(Article).where(Article.published_at >= cutoff).order_by(Article.published_at.desc())
+    ).scalars())

@@ -1,0 +1,98 @@
+"""`flask digest …`: preview, send (or test, or dry-run) and status of the weekly digest."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .. import delivery, digests
+
+group = AppGroup("digest", help="The weekly digest.")
+
+
+@group.command("preview")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the HTML here (without --out the text part is printed).")
+@click.option("--lang", default=None, help="sv or en (default: DEFAULT_LOCALE).")
+def preview_command(out: str | None, lang: str | None) -> None:
+    """Render the coming digest without sending or recording anything."""
+    locale = _language(lang)
+    rendered = digests.preview_coming(locale)
+    if rendered is None:
+        raise click.ClickException("nothing new for a digest (no articles within DIGEST_MAX_AGE_DAYS)")
+    subject, text, html = rendered
+    if out:
+        Path(out).write_text(html, encoding="utf-8")
+        click.echo(f"{subject}\nwritten to {out}")
+    else:
+        click.echo(f"Subject: {subject}\n\n{text}")
+
+
+@group.command("send")
+@click.option("--test-to", "test_to", default=None, metavar="EMAIL",
+              help="Send the coming digest only to this address; nothing is recorded or consumed.")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent and to how many; send nothing.")
+@click.option("--lang", default=None, help="Language of a --test-to message (default: DEFAULT_LOCALE).")
+def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
+    """Finish interrupted sends, then compile and send the digest now; exits when done."""
+    if test_to:
+        if dry_run:
+            raise click.UsageError("--test-to and --dry-run do not go together")
+        if not digests.send_test(test_to, locale=_language(lang)):
+            raise click.ClickException("nothing new for a digest: no test sent")
+        click.echo(f"test sent to {test_to}")
+        return
+    if dry_run:
+        _dry_run()
+        return
+    digest = digests.send_now()
+    if digest is None:
+        click.echo("nothing new: no digest compiled")
+        return
+    counts = delivery.send_progress(digest.id)
+    click.echo(f"digest {digest.id} ({digest.status}): {digest.subject_sv}\n  {_counts(counts)}")
+
+
+def _dry_run() -> None:
+    plan = digests.plan_send()
+    if plan is None:
+        click.echo("nothing new: no digest would be sent")
+        return
+    click.echo(f"would send: {plan['subject']}")
+    for article in plan["articles"]:
+        topic = article.topic.slug if article.topic else "-"
+        click.echo(f"  [{topic}] {article.title}")
+    click.echo(f"to {plan['recipients']} subscribers ({plan['variants']} variants); nothing was recorded")
+
+
+@group.command("status")
+@click.option("--limit", default=10, show_default=True)
+def status_command(limit: int) -> None:
+    """The latest digests and their progress."""
+    rows = digests.latest_digests(limit)
+    if not rows:
+        click.echo("no digests yet")
+    for digest in rows:
+        when = digest.compiled_for.isoformat(timespec="minutes")
+        click.echo(f"{digest.id:4}  {digest.status:9} {when}  {digest.period or '':9} {digest.subject_sv}")
+        if digest.started_at:
+            click.echo(f"      {_counts(delivery.send_progress(digest.id))}")
+        if digest.error:
+            click.echo(f"      error: {digest.error}")
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items() if n or name == "total")
+
+
+def _language(lang: str | None) -> str:
+    if lang is None:
+        return current_app.config["DEFAULT_LOCALE"]
+    if lang not in current_app.config["LANGUAGES"]:
+        print(f"Error: --lang must be one of {', '.join(current_app.config['LANGUAGES'])}", file=sys.stderr)
+        raise SystemExit(2)
+    return lang

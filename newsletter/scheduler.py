@@ -1,0 +1,177 @@
+"""The scheduler (`flask --app wsgi scheduler`): APScheduler 3 jobs in one foreground process.
+
+Jobs:
+- weekly digest, on DIGEST_SCHEDULE (cron, in TIMEZONE): poll feeds, compile, send. The digest
+  of a run is keyed by its *period* (the ISO week of the fire time, "2026-W48", or the fire
+  time itself when the schedule fires more than once a week), and Digest.period is unique:
+  a run is never made twice, whatever restarts or second schedulers happen.
+- feed polling every FEED_POLL_MINUTES.
+- housekeeping every minute: the single-mail queue (mail_queue.flush) and sends that were
+  interrupted or approved.
+
+Misfire policy: a run missed because the process was down (or busy) is made once when the
+scheduler comes back within DIGEST_MISFIRE_GRACE_MINUTES (default 6 h) of the fire time;
+later than that it is skipped (logged), and the articles go into the next run while they are
+younger than DIGEST_MAX_AGE_DAYS. APScheduler's own misfire_grace_time covers a busy
+process; the catch-up at start covers a process that was down (the in-memory job store
+forgets past fire times). With DIGEST_REQUIRE_APPROVAL the weekly run only compiles a draft;
+the housekeeping job sends it once an admin has set it to "approved".
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from flask import Flask
+from sqlalchemy import select
+
+from . import articles, delivery, digests
+from .extensions import db
+from .models import Digest, utcnow
+
+log = logging.getLogger(__name__)
+
+WEEKLY_JOB = "weekly-digest"
+SCHEDULER_LEASE = "scheduler"
+HOUSEKEEPING_SECONDS = 60
+
+
+def digest_trigger(app: Flask) -> CronTrigger:
+    return CronTrigger.from_crontab(app.config["DIGEST_SCHEDULE"], timezone=app.config["TIMEZONE"])
+
+
+def misfire_grace(app: Flask) -> timedelta:
+    return timedelta(minutes=app.config["DIGEST_MISFIRE_GRACE_MINUTES"])
+
+
+def last_fire_time(trigger: CronTrigger, now: datetime, lookback: timedelta = timedelta(days=8)):
+    """The latest time at or before `now` that the trigger fired (or would have), or None."""
+    fire = trigger.get_next_fire_time(None, now - lookback)
+    last = None
+    while fire is not None and fire <= now:
+        last = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return last
+
+
+def period_for(trigger: CronTrigger, fire_time: datetime) -> str:
+    """The unique key of a run: its ISO week, or its local time if the schedule fires more often."""
+    local = fire_time.astimezone(trigger.timezone)
+    following = trigger.get_next_fire_time(fire_time, fire_time + timedelta(seconds=1))
+    year, week, _ = local.isocalendar()
+    if following is not None and following.astimezone(trigger.timezone).isocalendar()[:2] == (year, week):
+        return local.strftime("%Y-%m-%dT%H:%M")
+    return f"{year}-W{week:02d}"
+
+
+def weekly_job(app: Flask, *, scheduled: datetime | None = None,
+               now: datetime | None = None) -> Digest | None:
+    """The weekly run for the fire time `scheduled` (default: the latest one): poll, compile, send."""
+    with app.app_context():
+        now = now or utcnow()
+        trigger = digest_trigger(app)
+        fire = scheduled or last_fire_time(trigger, now) or now
+        if now - fire > misfire_grace(app):
+            log.warning("digest run of %s missed by more than the grace time: skipped", fire.isoformat())
+            return None
+        period = period_for(trigger, fire)
+        if db.session.execute(select(Digest.id).where(Digest.period == period)).first():
+            log.info("digest of %s made already: nothing to do", period)
+            return None
+        articles.fetch_all_feeds(now)
+        if app.config["DIGEST_REQUIRE_APPROVAL"]:
+            digest = digests.compile_digest(now, period=period)
+            if digest is not None:
+                log.info("digest %s of %s is a draft waiting for an admin's approval", digest.id, period)
+        else:
+            digest = digests.send_now(now, period=period)
+        if digest is None:
+            log.info("no digest for %s: nothing new (or made by another process)", period)
+        return digest
+
+
+def missed_run(app: Flask, now: datetime | None = None) -> datetime | None:
+    """The fire time of a run that was missed and is still within the grace time, if any."""
+    with app.app_context():
+        now = now or utcnow()
+        trigger = digest_trigger(app)
+        fire = last_fire_time(trigger, now)
+        if fire is None or now - fire > misfire_grace(app):
+            return None
+        period = period_for(trigger, fire)
+        if db.session.execute(select(Digest.id).where(Digest.period == period)).first():
+            return None
+        return fire
+
+
+def poll_feeds_job(app: Flask) -> None:
+    with app.app_context():
+        results = articles.fetch_all_feeds()
+        log.info("feeds polled: %d new articles, %d failed feeds",
+                 sum(r.added for r in results), sum(not r.ok for r in results))
+
+
+def housekeeping_job(app: Flask) -> None:
+    """Flush the single-mail queue; finish interrupted sends and send approved digests."""
+    with app.app_context():
+        try:
+            from . import mail_queue  # written in another issue; absent in early builds
+        except ImportError:
+            mail_queue = None
+        if mail_queue is not None and hasattr(mail_queue, "flush"):
+            mail_queue.flush()
+        with digests.send_lease(wait=False) as held:
+            if not held:  # a send is running in another process (or job): it finishes its own
+                return
+            if hasattr(delivery, "resume_interrupted"):
+                delivery.resume_interrupted()
+            digests.finish_interrupted_sends()
+
+
+def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
+                    now: datetime | None = None) -> BaseScheduler:
+    """The scheduler with its three jobs (and a catch-up run if a weekly run was missed)."""
+    scheduler = scheduler or BlockingScheduler(timezone=ZoneInfo(app.config["TIMEZONE"]))
+    grace = int(misfire_grace(app).total_seconds())
+    scheduler.add_job(weekly_job, digest_trigger(app), args=[app], id=WEEKLY_JOB, name="weekly digest",
+                      coalesce=True, max_instances=1, misfire_grace_time=grace, replace_existing=True)
+    if app.config["FEED_POLL_MINUTES"] > 0:
+        scheduler.add_job(poll_feeds_job, IntervalTrigger(minutes=app.config["FEED_POLL_MINUTES"]),
+                          args=[app], id="poll-feeds", name="poll feeds", coalesce=True, max_instances=1,
+                          replace_existing=True)
+    scheduler.add_job(housekeeping_job, IntervalTrigger(seconds=HOUSEKEEPING_SECONDS), args=[app],
+                      id="housekeeping", name="housekeeping", coalesce=True, max_instances=1,
+                      replace_existing=True)
+    missed = missed_run(app, now)
+    if missed is not None:
+        log.warning("the digest run of %s was missed; making it now", missed.isoformat())
+        scheduler.add_job(weekly_job, args=[app], kwargs={"scheduled": missed}, id=f"{WEEKLY_JOB}-catch-up",
+                          name="missed weekly digest", max_instances=1, misfire_grace_time=grace,
+                          replace_existing=True)
+    return scheduler
+
+
+def run(app: Flask) -> None:
+    """Run the scheduler in the foreground until stopped. A second one started by mistake waits
+    as a standby until the first stops (or dies and its lease runs out)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with app.app_context(), digests.lease(SCHEDULER_LEASE, wait=True, poll=10):
+        scheduler = build_scheduler(app)
+        log.info("scheduler started: digest on %r (%s), feeds every %s min, misfire grace %s",
+                 app.config["DIGEST_SCHEDULE"], app.config["TIMEZONE"], app.config["FEED_POLL_MINUTES"],
+                 misfire_grace(app))
+        try:
+            scheduler.start()
+        except (KeyboardInterrupt, SystemExit):
+            log.info("scheduler stopping")
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
