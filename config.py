@@ -40,6 +40,7 @@ class Config:
     SECRET_KEY: str | None = _env("SECRET_KEY") or None
     SQLALCHEMY_DATABASE_URI: str | None = _env("DATABASE_URL") or None
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    SITE_NAME: str = _env("SITE_NAME")  # shown in page headers and emails; default "Nyhetsbrev"
     PUBLIC_URL: str = _env("PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
     MAIL_URL: str | None = _env("MAIL_URL") or None  # default: outbox://<instance>/outbox
     MAIL_FROM: str = _env("MAIL_FROM", "Nyhetsbrev <nyhetsbrev@localhost>")
