@@ -280,13 +280,13 @@ class RowReader:
 
     def cell(self, cells: list[str], header: str) -> str:
         position = self.layout.index(header)
-        return cells[position].strip() if position is not None and position < len(cells) else ""
+        return cells[position] if position is not None and position < len(cells) else ""
 
     def read(self, line: int, cells: list[str]) -> Row:
         layout = self.layout
         raw_email = cells[layout.email] if layout.email < len(cells) else ""
         try:
-            email = normalise_email(_unescape(raw_email.strip()))
+            email = normalise_email(_unescape(raw_email))  # it rejects control characters, then strips
         except InvalidInput as exc:
             raise RowRejected(exc.reason) from None
         status = self.status(cells)
@@ -303,7 +303,7 @@ class RowReader:
     def status(self, cells: list[str]) -> str:
         if self.layout.status_of_file:
             return self.layout.status_of_file
-        value = self.cell(cells, "status").lower()
+        value = self.cell(cells, "status").strip().lower()
         if self.layout.name == "listmonk":
             return "" if value == "enabled" else value
         if value in ("", "confirmed", "subscribed", "pending") or value in OPT_OUTS:
@@ -312,11 +312,12 @@ class RowReader:
 
     def name(self, cells: list[str]) -> str:
         if self.layout.name == "mailchimp":
-            return f"{self.cell(cells, 'first name')} {self.cell(cells, 'last name')}"
-        return self.cell(cells, "name")
+            return f"{self.cell(cells, 'first name')} {self.cell(cells, 'last name')}".strip()
+        return self.cell(cells, "name").strip(" ")
 
     def language(self, cells: list[str]) -> str:
         value = self.cell(cells, "language") or self.cell(cells, "lang") or self.cell(cells, "språk")
+        value = value.strip(" ")
         if not value and self.layout.name == "listmonk":
             value = str(self.attributes(cells).get("language") or self.attributes(cells).get("lang") or "")
         if not value:
@@ -355,7 +356,7 @@ class RowReader:
     def evidence(self, cells: list[str]) -> dict[str, str]:
         found = {}
         for header, key in EVIDENCE[self.layout.name].items():
-            value = self.cell(cells, header)
+            value = self.cell(cells, header).strip(" ")
             if value and not has_forbidden_characters(value):
                 found[key] = value[:MAX_EVIDENCE_LENGTH]
         return found
