@@ -129,8 +129,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
     if topic and db.session.execute(select(Topic.id).where(Topic.slug == topic)).first() is None:
         raise click.ClickException(f"unknown topic {topic!r}")
     if path is None:
-        stdout = click.get_text_stream("stdout")
-        count = subscriptions.export_subscribers_csv(stdout, status=status, topic=topic)
+        count = subscriptions.export_subscribers_csv(sys.stdout, status=status, topic=topic)
         click.echo(f"exported {count} subscribers", err=True)
         return
     directory = path.resolve().parent
