@@ -120,7 +120,7 @@ def unsubscribe_mailto() -> str:
         value = value[len("mailto:"):]
     if any(c in value for c in "<>\r\n ,\"") or "@" not in value:
         raise ValueError(f"UNSUBSCRIBE_MAILTO is not an address: {value!r}")
-    return value if "?" in value else f"mailto:{value}?subject=unsubscribe"
+    return f"mailto:{value}" if "?" in value else f"mailto:{value}?subject=unsubscribe"
 
 
 # --- DKIM ------------------------------------------------------------------------
