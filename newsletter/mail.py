@@ -202,6 +202,12 @@ def dkim_signer() -> DkimSigner | None:
     return cache[cache_key]
 
 
+def check_dkim_settings(app) -> None:
+    """Fail at start-up, not at the first send, when the DKIM settings are unusable."""
+    with app.app_context():
+        dkim_signer()
+
+
 def sign(message: bytes) -> bytes:
     """The message with a DKIM-Signature added, if DKIM is configured; else unchanged.
 
