@@ -443,7 +443,7 @@ class BulkInsert:
     def _processor(self, column):
         if isinstance(column.type, JSON):
             return json.dumps
-        process = column.type.bind_processor(self.dialect)
+        process = column.type.dialect_impl(self.dialect).bind_processor(self.dialect)
         if process is None:
             return None
         last: list = [object(), None]

@@ -308,6 +308,18 @@ def test_a_big_file_streams_through_in_chunks(app):
         report = import_csv(stream, confirmed=False, source="admin", filename="big.csv", chunk_size=1000)
         assert (report.added, report.errors) == (5000, [(5002, "duplicate of line 9")])
         assert table_counts() == {"subscribers": 5000, "queued": 5000, "events": 5000, "topics": 10000}
+        # The bulk path stores values exactly as the ORM does (SQLite keeps datetimes as text).
+        subscriptions.add_subscriber("orm@example.se")
+        stored = db.session.execute(text(
+            "SELECT s.created_at, q.next_attempt_at, e.created_at FROM subscriber s JOIN queued_email q "
+            "ON q.subscriber_id = s.id JOIN consent_event e ON e.subscriber_id = s.id "
+            "WHERE s.email IN ('person1@example1.se', 'orm@example.se') ORDER BY s.id")).all()
+        assert [[type(v) for v in row] for row in stored] == [[type(v) for v in stored[1]]] * 2
+        assert [[len(str(v)) for v in row] for row in stored] == [[len(str(v)) for v in stored[1]]] * 2
+        person = subscriber("person1@example1.se")
+        assert person.created_at.tzinfo is not None and person.topics
+        [event] = events_of("person1@example1.se")
+        assert event.detail["file"] == "big.csv" and event.created_at == person.created_at
 
 
 @pytest.mark.parametrize("raw", [
