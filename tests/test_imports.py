@@ -337,3 +337,27 @@ def test_the_import_fast_path_normalises_addresses_exactly_like_the_signup_form(
     fast = imports.EmailNormaliser()
     assert outcome(fast) == outcome(subscriptions.normalise_email)
     assert outcome(fast) == outcome(subscriptions.normalise_email)  # again, from the domain cache
+
+
+def test_other_export_shapes_unsubscribed_mailchimp_files_listmonk_language_and_unknown_tags(app):
+    with app.app_context():
+        subscriptions.add_subscriber("still.here@example.se", confirmed=True)
+        report = run_import(
+            "Email Address,First Name,Last Name,UNSUB_TIME,UNSUB_CAMPAIGN_TITLE\n"
+            "left@example.se,Left,Person,2025-06-01 10:00:00,Juni\n"
+            "still.here@example.se,Still,Here,2025-06-02 10:00:00,Juni\n")
+        assert (report.layout, report.added, report.skipped) == ("mailchimp", 0, 2)
+        assert [line for line, _ in report.notices] == [2, 3]
+        assert subscriber("left@example.se") is None
+        assert subscriber("still.here@example.se").status == "confirmed"  # never lowered by an import
+        report = run_import(
+            "uuid,email,name,attributes,status,created_at,updated_at\n"
+            'u1,en@example.se,En,"{""language"": ""en""}",enabled,2025-01-01,2025-01-01\n'
+            "u2,off@example.se,Off,{},disabled,2025-01-01,2025-01-01\n")
+        assert (report.added, report.notices) == (1, [(3, "disabled in the listmonk export: not imported")])
+        assert subscriber("en@example.se").language == "en"
+        report = run_import(
+            "Email Address,First Name,Last Name,OPTIN_TIME,TAGS\n"
+            'tags@example.se,T,A,2025-01-01 00:00:00,"""VIP"",""Blog"""\n')
+        assert subscriptions.topic_slugs(subscriber("tags@example.se")) == ["blogg"]  # by its English name
+        assert report.warnings == ["tags that name no topic were ignored: VIP"]
