@@ -89,3 +89,46 @@ def flask_cli(args: list[str], env: dict[str, str], instance: Path) -> subproces
     return subprocess.Popen([str(flask), "--app", "wsgi", *args], cwd=ROOT,
                             env={**env, "INSTANCE_PATH": str(instance)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class CliProcess:
+    """A running `flask --app wsgi …` subprocess whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str], instance: Path):
+        self.args = args
+        self.process = flask_cli(args, env, instance)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(stream,), daemon=True)
+                         for stream in (self.process.stdout, self.process.stderr)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        stream.close()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30) -> bool:
+        """Wait until a line containing `text` was printed (True) or the time is up (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout)
+
+    def finish(self, timeout: float = 60) -> int:
+        """Wait for the process to exit (killed after `timeout`) and its output to be read."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"{self.args} did not finish:\n{self.output}") from None
+        for reader in self._readers:
+            reader.join(10)
+        return code
