@@ -1,14 +1,15 @@
-"""One digest, whoever asks at the same moment: two `flask --app wsgi digest send` processes, or the
-scheduler and an admin's manual send, on one database (SQLite file or PostgreSQL) and a real SMTP
-server. The SMTP server holds the first message until the second process is provably waiting, so
-the two runs really overlap."""
+"""One digest, whoever asks at the same moment: two `flask --app wsgi digest send` processes,
+or two schedulers (one started by mistake) and an admin's manual send, on one database (SQLite
+file or PostgreSQL) and a real SMTP server. The SMTP server holds the first message until
+another process is provably waiting for the send lease, so the runs really overlap."""
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from digest_helpers import CliProcess, cli_env, digest_count
 from digest_support import NOW, subscriber
@@ -38,12 +39,18 @@ def _hold_first_message(smtp_server) -> threading.Event:
     return release
 
 
-def _release_when_one_waits(processes: list[CliProcess], release: threading.Event, timeout: float = 30):
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-    while datetime.now(UTC) < deadline and not any(WAITING in p.output for p in processes):
-        threading.Event().wait(0.05)
+def _printing(processes: list[CliProcess], text: str, timeout: float = 30) -> list[CliProcess]:
+    """The processes that printed `text`, once one has (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(text in p.output for p in processes):
+        time.sleep(0.05)
+    return [p for p in processes if text in p.output]
+
+
+def _release_when_one_waits(processes: list[CliProcess], release: threading.Event) -> list[CliProcess]:
+    waiting = _printing(processes, WAITING)
     release.set()
-    return [p for p in processes if WAITING in p.output]
+    return waiting
 
 
 def _assert_one_digest_and_one_copy_each(app, smtp_server) -> None:
@@ -74,30 +81,34 @@ def test_two_digest_send_processes_make_one_digest(smtp_app, smtp_server, databa
     _assert_one_digest_and_one_copy_each(smtp_app, smtp_server)
 
 
-def test_scheduler_run_and_manual_send_at_the_same_moment_make_one_digest(
+def test_two_schedulers_and_a_manual_send_at_the_same_moment_make_one_digest(
         smtp_app, smtp_server, database_url, tmp_path):
     with smtp_app.app_context():
         _setup(utcnow())
-    # A daily schedule that fired two minutes ago: the scheduler starts with its catch-up run.
+    # A daily schedule that fired two minutes ago: a scheduler starts with its catch-up run.
     fired = (utcnow() - timedelta(minutes=2)).replace(second=0, microsecond=0)
     env = cli_env(database_url, MAIL_URL=smtp_server.url, TIMEZONE="UTC",
                   DIGEST_SCHEDULE=f"{fired.minute} {fired.hour} * * *", FEED_POLL_MINUTES="0")
     release = _hold_first_message(smtp_server)
-    runs = [CliProcess(["scheduler"], env, tmp_path / "scheduler"),
-            CliProcess(["digest", "send"], env, tmp_path / "manual")]
-    scheduler_run, manual = runs
+    schedulers = [CliProcess(["scheduler"], env, tmp_path / f"scheduler{n}") for n in (1, 2)]
+    manual = CliProcess(["digest", "send"], env, tmp_path / "manual")
     try:
-        waiting = _release_when_one_waits(runs, release)
+        waiting = _release_when_one_waits([*schedulers, manual], release)
         assert manual.finish() == 0, manual.output
-        assert scheduler_run.wait_for(f"of {fired:%Y-%m-%dT%H:%M}", timeout=30), scheduler_run.output
+        # The scheduler started second is a standby: it waits for the first one's lease.
+        standby = _printing(schedulers, "holds the lease 'scheduler'")
+        active = [s for s in schedulers if s not in standby]
+        assert len(standby) == 1 and len(active) == 1, [s.output for s in schedulers]
+        assert active[0].wait_for(f"of {fired:%Y-%m-%dT%H:%M}", timeout=30), active[0].output
     finally:
-        scheduler_run.process.send_signal(signal.SIGTERM)
-        code = scheduler_run.finish()
-    assert code == 0, scheduler_run.output
-    assert len(waiting) == 1, (scheduler_run.output, manual.output)
-    assert "was missed; making it now" in scheduler_run.output
+        for run in schedulers:
+            run.process.send_signal(signal.SIGTERM)
+        codes = [run.finish() for run in schedulers]
+    assert codes == [0, 0], [s.output for s in schedulers]
+    assert len(waiting) == 1, [s.output for s in (*schedulers, manual)]
+    assert "was missed; making it now" in active[0].output
     _assert_one_digest_and_one_copy_each(smtp_app, smtp_server)
-    with smtp_app.app_context():  # the scheduler's lease is released on SIGTERM
+    with smtp_app.app_context():  # the leases are released on SIGTERM
         leases = db.session.execute(db.text("select name from scheduler_lock")).scalars().all()
         assert "scheduler" not in leases and "digest-send" not in leases
 
