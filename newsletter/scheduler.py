@@ -186,15 +186,17 @@ def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
     """The scheduler with its three jobs (and a catch-up run if a weekly run was missed)."""
     scheduler = scheduler or BlockingScheduler(timezone=ZoneInfo(app.config["TIMEZONE"]))
     grace = int(misfire_grace(app).total_seconds())
+    # The polling and housekeeping jobs run late rather than not at all (APScheduler's default
+    # grace is one second: a busy or suspended process would silently skip them).
     scheduler.add_job(weekly_job, digest_trigger(app), args=[app], id=WEEKLY_JOB, name="weekly digest",
                       coalesce=True, max_instances=1, misfire_grace_time=grace, replace_existing=True)
     if app.config["FEED_POLL_MINUTES"] > 0:
         scheduler.add_job(poll_feeds_job, IntervalTrigger(minutes=app.config["FEED_POLL_MINUTES"]),
                           args=[app], id="poll-feeds", name="poll feeds", coalesce=True, max_instances=1,
-                          replace_existing=True)
+                          misfire_grace_time=None, replace_existing=True)
     scheduler.add_job(housekeeping_job, IntervalTrigger(seconds=HOUSEKEEPING_SECONDS), args=[app],
                       id="housekeeping", name="housekeeping", coalesce=True, max_instances=1,
-                      replace_existing=True)
+                      misfire_grace_time=None, replace_existing=True)
     missed = missed_run(app, now)
     if missed is not None:
         log.warning("the digest run of %s was missed; making it now", missed.isoformat())

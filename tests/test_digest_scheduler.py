@@ -5,10 +5,12 @@ called with their scheduled times."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import time_machine
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -66,6 +68,8 @@ def test_the_jobs_of_the_scheduler(make_app):
     assert weekly.misfire_grace_time == 6 * 3600 and weekly.coalesce and weekly.max_instances == 1
     poll = jobs["poll-feeds"]
     assert isinstance(poll.trigger, IntervalTrigger) and poll.trigger.interval == timedelta(minutes=20)
+    # Late rather than never (APScheduler skips a run more than 1 s late by default).
+    assert poll.misfire_grace_time is None and jobs["housekeeping"].misfire_grace_time is None
     # FEED_POLL_MINUTES=0: feeds are polled only before each digest.
     quiet = make_app(FEED_POLL_MINUTES=0)
     quiet_jobs = scheduler.build_scheduler(quiet, BackgroundScheduler()).get_jobs()
@@ -156,8 +160,24 @@ def test_feed_polling_job_and_the_weekly_run_poll_the_feeds(smtp_app, smtp_serve
         articles.add_feed(feed_server.url("/blogg.atom"))
         subscriber("a@example.se")
     caplog.set_level(logging.INFO, logger="newsletter.scheduler")
-    with time_machine.travel(FIRE - timedelta(hours=3), tick=False):
-        scheduler.poll_feeds_job(smtp_app)
+    polled: list = []
+    with time_machine.travel(FIRE - timedelta(hours=3), tick=True) as clock:
+        background = BackgroundScheduler(timezone=STOCKHOLM)
+        background.add_listener(lambda event: event.job_id == "poll-feeds" and polled.append(event),
+                                EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        scheduler.build_scheduler(smtp_app, background)
+        background.start()
+        try:
+            time.sleep(0.3)
+            assert polled == []  # not at start: FEED_POLL_MINUTES (60) after it
+            clock.shift(timedelta(minutes=61))
+            background.wakeup()
+            deadline = time.monotonic() + 20
+            while not polled and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            background.shutdown(wait=True)
+    assert len(polled) == 1 and polled[0].exception is None, polled
     assert "feeds polled: 7 new articles, 0 failed feeds" in caplog.text
     with smtp_app.app_context():
         assert len(articles.recent_articles(days=3650)) == 7
