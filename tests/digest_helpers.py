@@ -116,10 +116,11 @@ class CliProcess:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 30) -> bool:
-        """Wait until a line containing `text` was printed (True) or the time is up (False)."""
+    def wait_for(self, *texts: str, timeout: float = 30) -> bool:
+        """Wait until a line containing one of `texts` was printed (True) or the time is up (False)."""
         with self._changed:
-            return self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout)
+            return self._changed.wait_for(
+                lambda: any(text in line for line in self.lines for text in texts), timeout)
 
     def finish(self, timeout: float = 60) -> int:
         """Wait for the process to exit (killed after `timeout`) and its output to be read."""
