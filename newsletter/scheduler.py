@@ -149,12 +149,24 @@ def missed_run(app: Flask, now: datetime | None = None) -> datetime | None:
         if run_made(period):
             return None
         if now - fire > misfire_grace(app):
-            log.warning("the digest run of %s (%s) was missed by more than DIGEST_MISFIRE_GRACE_MINUTES "
-                        "(%s): skipped; its articles go into the next digest while they are younger than "
-                        "DIGEST_MAX_AGE_DAYS", period, fire.isoformat(), misfire_grace(app))
+            if _never_ran():  # a new installation: nothing was missed
+                log.info("first start: the next digest run is the first one")
+            else:
+                log.warning("the digest run of %s (%s) was missed by more than DIGEST_MISFIRE_GRACE_MINUTES "
+                            "(%s): skipped; its articles go into the next digest while they are younger "
+                            "than DIGEST_MAX_AGE_DAYS", period, fire.isoformat(), misfire_grace(app))
             record_run(period, "skipped", now)
             return None
         return fire
+
+
+def _never_ran() -> bool:
+    """No digest and no recorded run: the scheduler (and `digest send`) never ran here."""
+    if db.session.execute(select(Digest.id).limit(1)).first():
+        return False
+    return db.session.execute(
+        select(SchedulerLock.name).where(SchedulerLock.name.startswith(RUN_PREFIX, autoescape=True)).limit(1)
+    ).first() is None
 
 
 def poll_feeds_job(app: Flask) -> None:

@@ -56,9 +56,12 @@ def test_cron_fires_monday_0700_stockholm_also_in_dst_weeks(app):
     assert scheduler.period_for(daily, datetime(2026, 3, 29, 4, 30, tzinfo=UTC)) == "2026-03-29T06:30"
 
 
-def test_the_jobs_of_the_scheduler(make_app):
+def test_the_jobs_of_the_scheduler(make_app, caplog):
     app = make_app(DIGEST_SCHEDULE="15 8 * * fri", FEED_POLL_MINUTES=20, TIMEZONE="Europe/Helsinki")
-    built = scheduler.build_scheduler(app, BackgroundScheduler(timezone=STOCKHOLM), now=FIRE)
+    with caplog.at_level(logging.INFO, logger="newsletter.scheduler"):
+        built = scheduler.build_scheduler(app, BackgroundScheduler(timezone=STOCKHOLM), now=FIRE)
+    # A new installation missed nothing: no warning about last Friday's run.
+    assert "first start" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     jobs = {job.id: job for job in built.get_jobs()}
     assert set(jobs) == {"weekly-digest", "poll-feeds", "housekeeping"}  # nothing missed: no catch-up
     weekly = jobs["weekly-digest"]
@@ -101,6 +104,8 @@ def test_back_after_the_grace_time_skips_with_a_log_and_the_next_digest_has_the_
         make_app, smtp_server, caplog):
     # 14 days of age, so the skipped week's articles are still young enough next Monday.
     app = make_app(MAIL_URL=smtp_server.url, DIGEST_MAX_AGE_DAYS=14)
+    last_week = FIRE - timedelta(days=7)
+    assert scheduler.weekly_job(app, scheduled=last_week, now=last_week) is None  # it ran: nothing new
     with app.app_context():
         articles.add_article(title="Från den missade veckan", url="https://norrsken.example/m/",
                              published=FIRE - timedelta(days=2))
