@@ -512,3 +512,38 @@ def approve_digest(now: datetime | None = None) -> Digest | None:
     db.session.commit()
     log.info("digest %s approved for sending", digest.id)
     return digest
+
+
+def hide_article(article: Article, hidden: bool, now: datetime | None = None) -> Article:
+    """Leave an article out of (or put it back into) the coming digest, and its draft."""
+    from . import articles as article_service
+
+    article_service.set_hidden(article, hidden)
+    draft = current_draft()
+    if draft is not None:
+        refresh_draft(draft, now)
+    return article
+
+
+def hidden_articles(now: datetime | None = None) -> list[Article]:
+    """Hidden articles that would otherwise be in the coming digest (young enough, in no digest)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
+    in_a_digest = exists().where(digest_articles.c.article_id == Article.id)
+    return list(db.session.execute(
+        select(Article).where(Article.hidden.is_(True), ~in_a_digest, Article.published_at >= cutoff)
+        .order_by(Article.published_at.desc(), Article.id)
+    ).scalars())
+
+
+def digests_of(article_ids) -> dict[int, Digest]:
+    """The digest each of these articles is in (articles in none are left out)."""
+    ids = list(article_ids)
+    if not ids:
+        return {}
+    rows = db.session.execute(
+        select(digest_articles.c.article_id, Digest)
+        .join(Digest, Digest.id == digest_articles.c.digest_id)
+        .where(digest_articles.c.article_id.in_(ids))
+    ).all()
+    return {article_id: digest for article_id, digest in rows}
