@@ -40,7 +40,7 @@ def _next_run():
 
 @bp.get("/digest")
 @role_required("editor")
-def digest_page():
+def digest():
     """The coming digest as subscribers will see it, with the intro, test and send controls."""
     language = _language(request.args.get("preview"))
     now = utcnow()
@@ -93,14 +93,14 @@ def digest_intro():
     form = IntroForm()
     if not form.validate_on_submit():
         flash(_("The intro could not be saved: %(errors)s", errors=" ".join(form.intro.errors)), "error")
-        return redirect(url_for("admin.digest_page"), 303)
+        return redirect(url_for("admin.digest"), 303)
     draft = digests.set_intro(form.intro.data or "")
     if draft is None:
         flash(_("There is nothing new for a digest yet, so there is nothing to write an intro for."), "error")
     else:
         audit.record("digest.intro", f"digest:{draft.id}", length=len(draft.intro))
         flash(_("The intro was saved on the draft."), "success")
-    return redirect(url_for("admin.digest_page"), 303)
+    return redirect(url_for("admin.digest"), 303)
 
 
 @bp.post("/digest/test")
@@ -113,13 +113,13 @@ def digest_test():
         sent = digests.send_test(current_user.email, locale=language)
     except MailError as exc:
         flash(_("The test could not be sent: %(reason)s", reason=str(exc)), "error")
-        return redirect(url_for("admin.digest_page", preview=language), 303)
+        return redirect(url_for("admin.digest", preview=language), 303)
     if not sent:
         flash(_("There is nothing new for a digest, so no test was sent."), "error")
     else:
         audit.record("digest.test", "digest:coming", to=current_user.email, language=language)
         flash(_("A test was sent to %(email)s.", email=current_user.email), "success")
-    return redirect(url_for("admin.digest_page", preview=language), 303)
+    return redirect(url_for("admin.digest", preview=language), 303)
 
 
 @bp.route("/digest/send", methods=["GET", "POST"])
@@ -133,11 +133,11 @@ def digest_send():
     digest = digests.prepare_digest()
     if digest is None:
         flash(_("There is nothing new for a digest: nothing was sent."), "error")
-        return redirect(url_for("admin.digest_page"), 303)
+        return redirect(url_for("admin.digest"), 303)
     if require_approval:
         audit.record("digest.approve", f"digest:{digest.id}")
     recipients = delivery.start_send(digest.id)  # pins the recipients, so the progress page has a total
     delivery.launch_send(digest.id)
     audit.record("send.start", f"digest:{digest.id}", recipients=recipients)
     flash(_("The digest is being sent. Recipients: %(count)d.", count=recipients), "success")
-    return redirect(url_for("admin.send_page", digest_id=digest.id), 303)
+    return redirect(url_for("admin.sends_detail", digest_id=digest.id), 303)

@@ -71,7 +71,7 @@ def _digest_or_404(digest_id: int) -> Digest:
 
 @bp.get("/sends")
 @role_required("editor")
-def sends_list():
+def sends():
     """Every digest with its send's state and counts, newest first."""
     listed = digests.latest_digests(SENDS_LISTED)
     counts: dict[int, dict[str, int]] = {d.id: {} for d in listed}
@@ -87,7 +87,7 @@ def sends_list():
 
 @bp.get("/sends/<int:digest_id>")
 @role_required("editor")
-def send_page(digest_id: int):
+def sends_detail(digest_id: int):
     """One send: a live progress bar and the pause, resume and cancel buttons."""
     digest = _digest_or_404(digest_id)
     return render_template("admin/send.html", digest=digest, progress=progress_view(digest_id),
@@ -96,7 +96,7 @@ def send_page(digest_id: int):
 
 @bp.get("/sends/<int:digest_id>/progress.json")
 @role_required("editor")
-def send_progress_json(digest_id: int):
+def sends_progress(digest_id: int):
     """The send's progress as JSON: the page polls it every second."""
     _digest_or_404(digest_id)
     response = jsonify(progress_view(digest_id))
@@ -106,19 +106,19 @@ def send_progress_json(digest_id: int):
 
 @bp.post("/sends/<int:digest_id>/pause")
 @role_required("editor")
-def send_pause(digest_id: int):
+def sends_pause(digest_id: int):
     return _change(digest_id, "pause", delivery.pause_send, _("The send is paused."))
 
 
 @bp.post("/sends/<int:digest_id>/resume")
 @role_required("editor")
-def send_resume(digest_id: int):
+def sends_resume(digest_id: int):
     return _change(digest_id, "resume", delivery.resume_send, _("The send goes on."))
 
 
 @bp.post("/sends/<int:digest_id>/cancel")
 @role_required("editor")
-def send_cancel(digest_id: int):
+def sends_cancel(digest_id: int):
     return _change(digest_id, "cancel", delivery.cancel_send, _("The send is cancelled."))
 
 
@@ -132,7 +132,7 @@ def _change(digest_id: int, action: str, change, done_message: str):
         db.session.rollback()
         flash(_("This cannot be done now: the send is %(status)s.", status=status_label(before).lower()),
               "error")
-        return redirect(url_for("admin.send_page", digest_id=digest_id), 303)
+        return redirect(url_for("admin.sends_detail", digest_id=digest_id), 303)
     audit.record(f"send.{action}", f"digest:{digest_id}", before=before)
     flash(done_message, "success")
-    return redirect(url_for("admin.send_page", digest_id=digest_id), 303)
+    return redirect(url_for("admin.sends_detail", digest_id=digest_id), 303)
