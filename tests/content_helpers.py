@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from datetime import timedelta
+from html.parser import HTMLParser
 
 from newsletter import accounts, articles
 from newsletter.extensions import db
@@ -58,7 +58,8 @@ def add_article(title: str, *, topic: str = "nyheter", days_ago: float = 1, summ
     return article
 
 
-def add_subscribers(count: int, *, language: str = "sv", topics: tuple[str, ...] = (), prefix: str = "person"):
+def add_subscribers(count: int, *, language: str = "sv", topics: tuple[str, ...] = (),
+                    prefix: str = "person"):
     ensure_topics()
     chosen = topics_by_slugs(topics) if topics else []
     for n in range(count):

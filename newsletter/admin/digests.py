@@ -57,13 +57,13 @@ def digest():
     )
 
 
-@bp.get("/digest/preview/<lang>.html")
+@bp.get("/digest/preview/<language>.html")
 @role_required("editor")
-def digest_preview_html(lang: str):
+def digest_preview_html(language: str):
     """The coming digest's HTML part, as a separate document for the preview iframe."""
-    if lang not in current_app.config["LANGUAGES"]:
+    if language not in current_app.config["LANGUAGES"]:
         abort(404)
-    rendered = digests.preview_coming(lang)
+    rendered = digests.preview_coming(language)
     html = rendered[2] if rendered else render_template("admin/digest_nothing.html")
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
@@ -72,13 +72,13 @@ def digest_preview_html(lang: str):
     return response
 
 
-@bp.get("/digest/preview/<lang>.txt")
+@bp.get("/digest/preview/<language>.txt")
 @role_required("editor")
-def digest_preview_text(lang: str):
+def digest_preview_text(language: str):
     """The coming digest's text part."""
-    if lang not in current_app.config["LANGUAGES"]:
+    if language not in current_app.config["LANGUAGES"]:
         abort(404)
-    rendered = digests.preview_coming(lang)
+    rendered = digests.preview_coming(language)
     if rendered is None:
         abort(404)
     response = Response(f"{rendered[0]}\n\n{rendered[1]}", mimetype="text/plain")
