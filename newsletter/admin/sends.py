@@ -56,7 +56,8 @@ def progress_view(digest_id: int) -> dict:
         finished=finished, remaining=remaining, percent=round(percent, 1),
         status_label=status_label(progress["status"]),
         rate_text=_("%(rate)s per second", rate=format_decimal(progress.get("rate") or 0, "0.#")),
-        eta_text=duration_text(progress.get("eta_seconds")),
+        # Only a running send has a time left; a paused one would otherwise show its last estimate.
+        eta_text=duration_text(progress.get("eta_seconds") if progress["status"] == "sending" else None),
         final=progress["status"] in FINAL_STATES,
     )
     return progress
