@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 from content_helpers import XSS, add_article, add_subscribers, csrf, injected, log_in
 from sqlalchemy import func, select
 
@@ -67,17 +66,21 @@ def test_logged_out_visitor_gets_nothing(app, client):
         assert db.session.get(Article, 1).hidden is False
 
 
-@pytest.mark.parametrize("role", ["editor", "admin"])
-def test_editors_and_admins_reach_every_content_page(app, client, role):
-    log_in(client, app, role=role)
+def test_editors_and_admins_reach_every_content_page(app, client):
+    log_in(client, app, role="editor")
+    admin_client = app.test_client()
+    log_in(admin_client, app, email="admin@norrsken.example", role="admin")
     with app.app_context():
         add_article("Kommunen bygger ny simhall")
+    for url in GET_ROUTES[:9]:  # the coming digest: before it is sent
+        _page(client, url)
     digest_id = _sent_digest(app)
     for url in GET_ROUTES:
         url = url.replace("/sends/1", f"/sends/{digest_id}")
-        if url == "/admin/digest/preview/sv.txt":
-            continue  # nothing is coming once the digest is sent: 404 there, tested below
+        if "/preview/" in url:
+            continue  # nothing is coming once the digest is sent
         _page(client, url)
+        _page(admin_client, url)
 
 
 def test_forged_post_without_csrf_token_changes_nothing(app, client):
@@ -173,16 +176,12 @@ def test_hide_and_unhide_take_an_article_out_of_the_coming_digest_and_its_draft(
     with app.app_context():
         assert {a.title for a in digests.current_draft().articles} == {"Stannar kvar", "Ska bort"}
     assert _audit_actions(app)[-2:] == ["article.hide", "article.unhide"]
-
-
-def test_an_article_of_a_sent_digest_cannot_be_hidden(app, client):
-    log_in(client, app)
-    with app.app_context():
-        add_article("Redan skickad")
-    _sent_digest(app)
+    _sent_digest(app)  # once sent, an article stays as it was in that digest
     client.post("/admin/articles/1/hide", data={"csrf_token": csrf(client)})
     with app.app_context():
         assert db.session.get(Article, 1).hidden is False
+
+
 
 
 # --- feeds ---------------------------------------------------------------------------------
@@ -375,6 +374,25 @@ def test_sends_list_and_progress_json(app, client):
     assert client.get("/admin/sends/999/progress.json").status_code == 404
 
 
+def test_cancel_stops_a_paused_send(app, client):
+    log_in(client, app)
+    with app.app_context():
+        add_article("Nytt bibliotek öppnar")
+        add_subscribers(3)
+        digest = digests.prepare_digest()
+        delivery.start_send(digest.id)
+        delivery.pause_send(digest.id)
+        digest_id = digest.id
+    response = client.post(f"/admin/sends/{digest_id}/cancel", data={"csrf_token": csrf(client)})
+    assert response.status_code == 303
+    with app.app_context():
+        assert db.session.get(Digest, digest_id).status == "cancelled"
+    progress = client.get(f"/admin/sends/{digest_id}/progress.json").get_json()
+    assert progress["final"] is True and progress["sent"] == 0 and progress["eta_text"] == "–"
+
+
+
+
 def test_pause_resume_and_cancel_are_audited_and_obey_the_state(smtp_app, smtp_server):
     client = smtp_app.test_client()
     log_in(client, smtp_app)
@@ -406,22 +424,6 @@ def test_pause_resume_and_cancel_are_audited_and_obey_the_state(smtp_app, smtp_s
         events = db.session.execute(
             select(AuditEvent).where(AuditEvent.action == "send.pause")).scalars().all()
         assert events[0].actor == "redaktor@norrsken.example" and events[0].target == f"digest:{digest_id}"
-
-
-def test_cancel_stops_a_paused_send(app, client):
-    log_in(client, app)
-    with app.app_context():
-        add_article("Nytt bibliotek öppnar")
-        add_subscribers(3)
-        digest = digests.prepare_digest()
-        delivery.start_send(digest.id)
-        delivery.pause_send(digest.id)
-        digest_id = digest.id
-    response = client.post(f"/admin/sends/{digest_id}/cancel", data={"csrf_token": csrf(client)})
-    assert response.status_code == 303
-    with app.app_context():
-        assert db.session.get(Digest, digest_id).status == "cancelled"
-    assert client.get(f"/admin/sends/{digest_id}/progress.json").get_json()["final"] is True
 
 
 # --- XSS -------------------------------------------------------------------------------------
