@@ -12,6 +12,7 @@ import io
 from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
+from wtforms import SelectChoice
 
 from .. import audit, subscriptions
 from ..extensions import client_ip, db
@@ -52,10 +53,12 @@ def _int_arg(name: str) -> int | None:
 
 def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
     form = FilterForm(request.args)
-    form.status.choices = [("", _("All states"))] + [(s, state_label(s)) for s in SUBSCRIBER_STATES]
-    form.topic.choices = [("", _("All topics"))] + [(t.slug, t.name(locale)) for t in topics]
-    form.language.choices = [("", _("All languages")), *LANGUAGE_CHOICES]
-    valid = {f.name: {value for value, _label in f.choices} for f in (form.status, form.topic, form.language)}
+    form.status.choices = [SelectChoice("", _("All states"))] + [
+        SelectChoice(s, state_label(s)) for s in SUBSCRIBER_STATES]
+    form.topic.choices = [SelectChoice("", _("All topics"))] + [
+        SelectChoice(t.slug, t.name(locale)) for t in topics]
+    form.language.choices = [SelectChoice("", _("All languages")), *LANGUAGE_CHOICES]
+    valid = {f.name: {choice.value for choice in f.choices} for f in (form.status, form.topic, form.language)}
     flt = SubscriberFilter(
         q=(form.q.data or "").strip(),
         **{name: (getattr(form, name).data or "") if (getattr(form, name).data or "") in values else ""
@@ -106,7 +109,7 @@ def subscribers_new():
     from flask_babel import get_locale
 
     form = SubscriberAddForm()
-    form.topics.choices = [(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
+    form.topics.choices = [SelectChoice(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
     if request.method == "GET":
         form.language.data = supported(str(get_locale())) or current_app.config["DEFAULT_LOCALE"]
     if form.validate_on_submit():
