@@ -173,11 +173,19 @@ def log_setup_link(app=None) -> str:
     return url
 
 
+def _serving() -> bool:
+    """True in a web server (gunicorn, `flask run`), not in other `flask` commands."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is None or ctx.info_name == "run"
+
+
 @bp.record_once
 def _announce_setup(state) -> None:
     """At start, when no admin exists, the server logs a one-time setup link."""
     app = state.app
-    if app.testing:
+    if app.testing or not _serving():
         return
     try:
         with app.app_context():
