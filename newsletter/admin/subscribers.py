@@ -196,18 +196,19 @@ def subscribers_import():
     if imports is None:
         return render_template("admin/subscriber_import.html", form=form, report=None, unavailable=True)
     if form.validate_on_submit():
-        upload = form.file.data
-        stream = io.TextIOWrapper(upload.stream, encoding="utf-8-sig", newline="")
+        upload, confirmed = form.file.data, bool(form.confirmed.data)
+        filename = (upload.filename or "upload.csv")[:200]
         try:
-            report = imports.import_csv(stream, confirmed=bool(form.confirmed.data), source="import",
-                                        filename=upload.filename or "", actor=current_user.email)
-        except (UnicodeDecodeError, ValueError) as exc:
-            db.session.rollback()
-            message = _("The file could not be read: %(reason)s", reason=str(exc))
-            form.file.errors = [*form.file.errors, message]
+            report = imports.import_csv(
+                upload.stream, confirmed=confirmed, source="admin", filename=filename,
+                actor=current_user.email,
+                command="admin upload" + (" (confirmed by the admin)" if confirmed else ""))
+        except imports.ImportFailed as exc:
+            form.file.errors = [*form.file.errors,
+                                _("Nothing was imported: %(reason)s", reason=str(exc))]
         else:
-            audit.record("subscribers_imported", upload.filename or "", added=report.added,
-                         updated=report.updated, skipped=report.skipped, errors=len(report.errors),
-                         confirmed=bool(form.confirmed.data))
+            audit.record("subscribers_imported", filename, added=report.added, updated=report.updated,
+                         skipped=report.skipped, errors=len(report.errors), confirmed=confirmed,
+                         layout=report.layout)
     return render_template("admin/subscriber_import.html", form=form, report=report, unavailable=False), \
         (400 if form.errors else 200)
