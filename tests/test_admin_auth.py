@@ -83,6 +83,15 @@ def test_login_is_rate_limited_per_ip(make_app):
     assert client.get("/admin/").status_code == 302
 
 
+def test_successful_logins_do_not_count_against_the_limit(make_app):
+    app = make_app(ADMIN_LOGIN_RATE="2 per minute")
+    make_admin(app)
+    client = app.test_client()
+    for _ in range(4):  # an office behind one address logs in all day
+        assert login(client).status_code == 302
+        post_form(client, "/admin/logout")
+
+
 def test_login_is_rate_limited_per_address_whatever_the_ip(make_app):
     app = make_app(ADMIN_LOGIN_RATE_PER_ADDRESS="2 per hour")
     make_admin(app)

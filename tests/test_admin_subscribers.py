@@ -157,7 +157,7 @@ def test_detail_shows_the_consent_events(app, client):
         sid = subscriptions.find_subscriber("reader@example.org").id
     admin = logged_in(app)
     html = admin.get(f"/admin/subscribers/{sid}?lang=en").get_data(as_text=True)
-    assert "Consent events" in html and "signup" in html and "192.0.2.7" in html and "Firefox-ish" in html
+    assert "Consent events" in html and "signed up" in html and "192.0.2.7" in html and "Firefox-ish" in html
     assert admin.get("/admin/subscribers/99999").status_code == 404
 
 

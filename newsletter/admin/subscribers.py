@@ -23,23 +23,12 @@ from ..topics import ensure_topics
 from . import bp
 from .auth import role_required
 from .forms import LANGUAGE_CHOICES, ButtonForm, EraseForm, FilterForm, ImportForm, SubscriberAddForm
+from .labels import subscriber_state
 
 try:  # written by the subscriptions area (newsletter/imports.py); absent in early builds
     from .. import imports
 except ImportError:  # pragma: no cover
     imports = None  # type: ignore[assignment]
-
-
-def state_label(state: str) -> str:
-    return {
-        "pending": _("pending"), "confirmed": _("confirmed"), "unsubscribed": _("unsubscribed"),
-        "bounced": _("bounced"), "complained": _("complained"),
-    }.get(state, state)
-
-
-@bp.app_template_filter("subscriber_state")
-def subscriber_state_filter(state: str) -> str:
-    return state_label(state)
 
 
 def _target(subscriber: Subscriber) -> str:
@@ -54,7 +43,7 @@ def _int_arg(name: str) -> int | None:
 def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
     form = FilterForm(request.args)
     form.status.choices = [SelectChoice("", _("All states"))] + [
-        SelectChoice(s, state_label(s)) for s in SUBSCRIBER_STATES]
+        SelectChoice(s, subscriber_state(s)) for s in SUBSCRIBER_STATES]
     form.topic.choices = [SelectChoice("", _("All topics"))] + [
         SelectChoice(t.slug, t.name(locale)) for t in topics]
     form.language.choices = [SelectChoice("", _("All languages")), *LANGUAGE_CHOICES]
