@@ -50,7 +50,10 @@ def weekly_trend(now: datetime | None = None, weeks: int = 12) -> list[WeekPoint
     tz = ZoneInfo(current_app.config["TIMEZONE"])
     ends = week_ends(now, weeks, tz)
     starts = [ends[0] - timedelta(weeks=1), *ends[:-1]]
-    confirmed_at, left_at = Subscriber.confirmed_at, Subscriber.unsubscribed_at
+    # Someone confirmed without a confirmation time (old data) counts from when they were added.
+    confirmed_at = case((and_(Subscriber.confirmed_at.is_(None), Subscriber.status == "confirmed"),
+                         Subscriber.created_at), else_=Subscriber.confirmed_at)
+    left_at = Subscriber.unsubscribed_at
     columns = []
     for start, end in zip(starts, ends, strict=True):
         columns.append(func.sum(case((and_(confirmed_at <= end, or_(left_at.is_(None), left_at > end)), 1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Select, func, or_, select
 
 from .extensions import db
-from .models import ConsentEvent, Delivery, Subscriber, Topic
+from .models import ConsentEvent, Delivery, Subscriber, Topic, subscriber_topics
 
 MAX_QUERY = 320
 
@@ -37,8 +37,11 @@ class SubscriberFilter:
             query = query.where(Subscriber.language == self.language)
         if self.topic:
             # Who receives this topic: those who chose it, and those who chose none (= all topics).
-            chose = Subscriber.topics.any(Topic.slug == self.topic)
-            query = query.where(or_(chose, ~Subscriber.topics.any()))
+            # IN / NOT IN over the link table are hashed once (not a subquery per row).
+            links = subscriber_topics.c
+            topic_id = select(Topic.id).where(Topic.slug == self.topic).scalar_subquery()
+            chose = Subscriber.id.in_(select(links.subscriber_id).where(links.topic_id == topic_id))
+            query = query.where(or_(chose, Subscriber.id.notin_(select(links.subscriber_id))))
         return query
 
     def args(self) -> dict[str, str]:

@@ -62,6 +62,8 @@ class LinkSuperseded(tokens.TokenError):
 
 
 def has_forbidden_characters(value: str) -> bool:
+    if value.isprintable():  # fast path: no Cc, Zl or Zp (nor other unprintables) at all
+        return False
     return any(unicodedata.category(char) in FORBIDDEN_CATEGORIES for char in value)
 
 

@@ -308,3 +308,20 @@ def test_a_big_file_streams_through_in_chunks(app):
         report = import_csv(stream, confirmed=False, source="admin", filename="big.csv", chunk_size=1000)
         assert (report.added, report.errors) == (5000, [(5002, "duplicate of line 9")])
         assert table_counts() == {"subscribers": 5000, "queued": 5000, "events": 5000, "topics": 10000}
+
+
+@pytest.mark.parametrize("raw", [
+    "Anna.Lindqvist@Example.SE", "a+tag@sub.example.se", "-x@example.se", "a_b@xn--bcher-kva.example",
+    "a..b@example.se", ".a@example.se", "a@example", "a@-x.se", "a@example.local", "a@x_y.se",
+    "a@EXAMPLE.com.", "a@123.45", "x" * 65 + "@example.se", "a@" + "b" * 64 + ".se", "jörgen@exempel.se",
+])
+def test_the_import_fast_path_normalises_addresses_exactly_like_the_signup_form(raw):
+    def outcome(normalise):
+        try:
+            return normalise(raw)
+        except subscriptions.InvalidInput as exc:
+            return ("invalid", exc.reason)
+
+    fast = imports.EmailNormaliser()
+    assert outcome(fast) == outcome(subscriptions.normalise_email)
+    assert outcome(fast) == outcome(subscriptions.normalise_email)  # again, from the domain cache

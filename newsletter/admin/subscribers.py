@@ -12,6 +12,7 @@ import io
 from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
+from wtforms import SelectChoice
 
 from .. import audit, subscriptions
 from ..extensions import client_ip, db
@@ -22,23 +23,12 @@ from ..topics import ensure_topics
 from . import bp
 from .auth import role_required
 from .forms import LANGUAGE_CHOICES, ButtonForm, EraseForm, FilterForm, ImportForm, SubscriberAddForm
+from .labels import subscriber_state
 
 try:  # written by the subscriptions area (newsletter/imports.py); absent in early builds
     from .. import imports
 except ImportError:  # pragma: no cover
     imports = None  # type: ignore[assignment]
-
-
-def state_label(state: str) -> str:
-    return {
-        "pending": _("pending"), "confirmed": _("confirmed"), "unsubscribed": _("unsubscribed"),
-        "bounced": _("bounced"), "complained": _("complained"),
-    }.get(state, state)
-
-
-@bp.app_template_filter("subscriber_state")
-def subscriber_state_filter(state: str) -> str:
-    return state_label(state)
 
 
 def _target(subscriber: Subscriber) -> str:
@@ -52,10 +42,12 @@ def _int_arg(name: str) -> int | None:
 
 def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
     form = FilterForm(request.args)
-    form.status.choices = [("", _("All states"))] + [(s, state_label(s)) for s in SUBSCRIBER_STATES]
-    form.topic.choices = [("", _("All topics"))] + [(t.slug, t.name(locale)) for t in topics]
-    form.language.choices = [("", _("All languages")), *LANGUAGE_CHOICES]
-    valid = {f.name: {value for value, _label in f.choices} for f in (form.status, form.topic, form.language)}
+    form.status.choices = [SelectChoice("", _("All states"))] + [
+        SelectChoice(s, subscriber_state(s)) for s in SUBSCRIBER_STATES]
+    form.topic.choices = [SelectChoice("", _("All topics"))] + [
+        SelectChoice(t.slug, t.name(locale)) for t in topics]
+    form.language.choices = [SelectChoice("", _("All languages")), *LANGUAGE_CHOICES]
+    valid = {f.name: {choice.value for choice in f.choices} for f in (form.status, form.topic, form.language)}
     flt = SubscriberFilter(
         q=(form.q.data or "").strip(),
         **{name: (getattr(form, name).data or "") if (getattr(form, name).data or "") in values else ""
@@ -106,7 +98,7 @@ def subscribers_new():
     from flask_babel import get_locale
 
     form = SubscriberAddForm()
-    form.topics.choices = [(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
+    form.topics.choices = [SelectChoice(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
     if request.method == "GET":
         form.language.data = supported(str(get_locale())) or current_app.config["DEFAULT_LOCALE"]
     if form.validate_on_submit():
@@ -193,18 +185,19 @@ def subscribers_import():
     if imports is None:
         return render_template("admin/subscriber_import.html", form=form, report=None, unavailable=True)
     if form.validate_on_submit():
-        upload = form.file.data
-        stream = io.TextIOWrapper(upload.stream, encoding="utf-8-sig", newline="")
+        upload, confirmed = form.file.data, bool(form.confirmed.data)
+        filename = (upload.filename or "upload.csv")[:200]
         try:
-            report = imports.import_csv(stream, confirmed=bool(form.confirmed.data), source="import",
-                                        filename=upload.filename or "", actor=current_user.email)
-        except (UnicodeDecodeError, ValueError) as exc:
-            db.session.rollback()
-            message = _("The file could not be read: %(reason)s", reason=str(exc))
-            form.file.errors = [*form.file.errors, message]
+            report = imports.import_csv(
+                upload.stream, confirmed=confirmed, source="admin", filename=filename,
+                actor=current_user.email,
+                command="admin upload" + (" (confirmed by the admin)" if confirmed else ""))
+        except imports.ImportFailed as exc:
+            form.file.errors = [*form.file.errors,
+                                _("Nothing was imported: %(reason)s", reason=str(exc))]
         else:
-            audit.record("subscribers_imported", upload.filename or "", added=report.added,
-                         updated=report.updated, skipped=report.skipped, errors=len(report.errors),
-                         confirmed=bool(form.confirmed.data))
+            audit.record("subscribers_imported", filename, added=report.added, updated=report.updated,
+                         skipped=report.skipped, errors=len(report.errors), confirmed=confirmed,
+                         layout=report.layout)
     return render_template("admin/subscriber_import.html", form=form, report=report, unavailable=False), \
         (400 if form.errors else 200)

@@ -20,14 +20,15 @@ def account():
     """Change one's own password: every other session of this account ends."""
     form = PasswordChangeForm()
     if form.validate_on_submit():
+        admin = current_user._get_current_object()  # type: ignore[attr-defined]
         try:
-            accounts.change_password(current_user, form.current.data, form.password.data)
+            accounts.change_password(admin, form.current.data, form.password.data)
         except accounts.AccountError as exc:
             field = form.current if exc.code == "wrong_password" else form.password
             field.errors = [*field.errors, _account_error(exc)]
         else:
-            login_user(current_user)  # this session continues under the new session version
-            audit.record("password_changed", current_user.email)
+            login_user(admin)  # this session continues under the new session version
+            audit.record("password_changed", admin.email)
             flash(_("Your password is changed. You were logged out everywhere else."), "success")
             return redirect(url_for("admin.account"))
     return render_template("admin/account.html", form=form), (400 if form.errors else 200)
