@@ -40,6 +40,11 @@ def _page(client, url: str, status: int = 200) -> str:
     return response.get_data(as_text=True)
 
 
+def _digest_mail(smtp_server) -> list:
+    """The messages to subscribers (not the admins' test or end-of-send summary)."""
+    return [m for m in smtp_server.messages() if not m["To"].endswith("@norrsken.example")]
+
+
 def _sent_digest(app, recipients: int = 3) -> int:
     """A digest sent (synchronously) to `recipients` subscribers; its id."""
     with app.app_context():
@@ -300,7 +305,9 @@ def test_send_now_confirms_the_count_then_sends_in_the_background(smtp_app, smtp
     with smtp_app.app_context():
         delivery.wait_for_sends(30)
         assert db.session.get(Digest, digest_id).status == "done"
-    assert sorted(m["To"] for m in smtp_server.messages()) == [f"person{n}@example.se" for n in range(4)]
+    assert sorted(m["To"] for m in _digest_mail(smtp_server)) == [f"person{n}@example.se" for n in range(4)]
+    summary = smtp_server.messages(to="redaktor@norrsken.example")  # admins get a summary of the send
+    assert len(summary) == 1 and "4" in summary[0].get_body(("plain",)).get_content()
     progress = client.get(f"/admin/sends/{digest_id}/progress.json").get_json()
     assert (progress["sent"], progress["skipped"], progress["total"], progress["percent"]) == (4, 2, 6, 100.0)
     assert progress["status"] == "done" and progress["final"] is True
@@ -331,8 +338,8 @@ def test_approval_mode_scheduler_compiles_a_draft_and_waits_for_an_editor(make_a
     assert response.status_code == 303
     with app.app_context():
         delivery.wait_for_sends(30)
-    assert len(smtp_server.messages()) == 2
-    assert "Redaktörens rader" in smtp_server.messages()[0].get_body(("plain",)).get_content()
+    assert len(_digest_mail(smtp_server)) == 2
+    assert "Redaktörens rader" in _digest_mail(smtp_server)[0].get_body(("plain",)).get_content()
     assert {"digest.approve", "send.start"} <= set(_audit_actions(app))
     # The next run (another period) finds nothing new: no second digest.
     assert scheduler.weekly_job(app, scheduled=utcnow(), now=utcnow()) is None
@@ -347,8 +354,8 @@ def test_scheduler_without_approval_sends_the_editors_draft(make_app, smtp_serve
     digest = scheduler.weekly_job(app, scheduled=utcnow(), now=utcnow())
     with app.app_context():
         assert db.session.get(Digest, digest.id).status == "done"
-    assert len(smtp_server.messages()) == 2
-    assert "Hej från redaktionen" in smtp_server.messages()[0].get_body(("plain",)).get_content()
+    assert len(_digest_mail(smtp_server)) == 2
+    assert "Hej från redaktionen" in _digest_mail(smtp_server)[0].get_body(("plain",)).get_content()
 
 
 # --- sends ---------------------------------------------------------------------------------
@@ -415,7 +422,7 @@ def test_pause_resume_and_cancel_are_audited_and_obey_the_state(smtp_app, smtp_s
     while client.get(f"/admin/sends/{digest_id}/progress.json").get_json()["status"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert len(smtp_server.messages()) == 5
+    assert len(_digest_mail(smtp_server)) == 5
     done = client.post(f"/admin/sends/{digest_id}/cancel", data={"csrf_token": token})
     assert done.status_code == 303  # refused (a finished send cannot be cancelled), with a message
     actions = _audit_actions(smtp_app)
