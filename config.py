@@ -105,6 +105,16 @@ class Config:
     REMEMBER_COOKIE_HTTPONLY: bool = True
     WTF_CSRF_TIME_LIMIT: int | None = None  # a subscribe page left open all day still works
     BABEL_DEFAULT_TIMEZONE: str = TIMEZONE
+    # --- admin area (issue 5, admin) ---
+    ADMIN_PASSWORD_MIN_LENGTH: int = _int("ADMIN_PASSWORD_MIN_LENGTH", 12)
+    # Login attempts (POST /admin/login) per client IP, and per address tried.
+    ADMIN_LOGIN_RATE: str = _env("ADMIN_LOGIN_RATE", "10 per minute;50 per hour")
+    ADMIN_LOGIN_RATE_PER_ADDRESS: str = _env("ADMIN_LOGIN_RATE_PER_ADDRESS", "10 per hour")
+    ADMIN_SETUP_TOKEN_MAX_AGE: int = _int("ADMIN_SETUP_TOKEN_MAX_AGE", 24 * 3600)  # seconds
+    ADMIN_PAGE_SIZE: int = _int("ADMIN_PAGE_SIZE", 50)
+    # argon2id cost of admin password hashes (argon2-cffi's defaults: RFC 9106 low-memory).
+    ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
+    ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB
     LOG_LEVEL: str = _env("LOG_LEVEL", "INFO")
 
 
@@ -124,3 +134,5 @@ class TestConfig(Config):
     BROKER_URL = ""
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
+    ARGON2_TIME_COST = 1  # fast hashes: the tests log in many times
+    ARGON2_MEMORY_COST = 1024
