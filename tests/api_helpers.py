@@ -60,3 +60,35 @@ def audit_actions() -> list[str]:
 
 def recent(days: float = 1) -> str:
     return (datetime.now(UTC) - timedelta(days=days)).isoformat()
+
+
+def csrf_token(html: str) -> str:
+    import re
+
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def log_in(app, client, email: str, role: str = "admin", password: str = "a long test password") -> None:
+    """Create an admin of `role` and log in through the real login form."""
+    from newsletter import accounts
+
+    with app.app_context():
+        accounts.create_admin(email, password, role=role)
+    page = client.get("/admin/login")
+    response = client.post("/admin/login", data={
+        "csrf_token": csrf_token(page.get_data(as_text=True)), "email": email, "password": password})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+
+
+def wait_for_status(api, digest_id: int, statuses: tuple[str, ...], timeout: float = 20) -> dict:
+    """Poll GET /digests/<id> until its status is one of `statuses`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.get(f"/digests/{digest_id}").get_json()
+        if body["status"] in statuses or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)

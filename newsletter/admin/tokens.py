@@ -7,7 +7,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import RadioField, StringField, SubmitField
+from wtforms import RadioField, SelectChoice, StringField, SubmitField
 from wtforms.validators import InputRequired, Length
 
 from .. import api_tokens, audit
@@ -19,8 +19,8 @@ class TokenForm(FlaskForm):
     name = StringField(_l("Name (what the token is for, e.g. the website)"),
                        validators=[InputRequired(), Length(max=api_tokens.MAX_NAME_LENGTH)])
     role = RadioField(_l("Role"), default="editor", validators=[InputRequired()], choices=[
-        ("editor", _l("Editor: subscribers (no erasure or export), articles, digests and sends")),
-        ("admin", _l("Admin: everything, including erasing and exporting subscribers")),
+        SelectChoice("editor", _l("Editor: subscribers (no erasure or export), articles, digests and sends")),
+        SelectChoice("admin", _l("Admin: everything, including erasing and exporting subscribers")),
     ])
     submit = SubmitField(_l("Create token"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy import select
@@ -35,27 +34,6 @@ def _digest_or_404(digest_id: int) -> Digest:
 
 def _detail(digest: Digest) -> dict:
     return {**digest_json(digest), "progress": progress_json(delivery.send_progress(digest.id))}
-
-
-def launch(digest_id: int) -> None:
-    """Start sending in the background: delivery.launch_send, or a thread until it exists."""
-    launch_send = getattr(delivery, "launch_send", None)
-    if launch_send is not None:
-        launch_send(digest_id)
-        return
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-
-    def run() -> None:
-        with app.app_context():
-            try:
-                with digest_service.send_lease():
-                    delivery.send_digest(digest_id)
-            except Exception:  # noqa: BLE001  (a background send logs; the ledger keeps its state)
-                log.exception("background send of digest %s failed", digest_id)
-            finally:
-                db.session.remove()
-
-    threading.Thread(target=run, name=f"api-send-{digest_id}", daemon=True).start()
 
 
 @bp.get("/digests")
@@ -93,7 +71,7 @@ def trigger_digest():
         return "", 204
     delivery.start_send(digest.id)  # recipients pinned now, so the answer has their number
     audit("api.digest.send", str(digest.id), recipients=digest.recipient_count)
-    launch(digest.id)
+    delivery.launch_send(digest.id)
     db.session.refresh(digest)
     headers = {"Location": url_for("api.get_digest", digest_id=digest.id)}
     return jsonify(_detail(digest)), 202, headers
@@ -116,7 +94,5 @@ def control_digest(digest_id: int, action: str):
         raise ApiError(409, "invalid_state", f"Cannot {action} a digest that is {digest.status}: {exc}"
                        ) from None
     audit(f"api.digest.{action}", str(digest_id))
-    if action == "resume" and not hasattr(delivery, "launch_send"):
-        launch(digest_id)  # the agreed resume_send relaunches by itself; this one does not yet
     db.session.refresh(digest)
     return jsonify(_detail(digest))
