@@ -385,6 +385,9 @@ def test_patch_and_list_articles(app, api):
     assert [a["id"] for a in first["data"]] == [ids[2], ids[1]]
     rest = api.get("/articles", query_string={"limit": 2, "cursor": first["next_cursor"]}).get_json()
     assert [a["id"] for a in rest["data"]] == [ids[0]] and rest["next_cursor"] is None
+    # a cursor past the 32-bit ids (PostgreSQL would refuse to compare it) is simply past every row
+    assert len(api.get("/articles", query_string={"cursor": "3000000000"}).get_json()["data"]) == 3
+    assert api.get("/subscribers", query_string={"cursor": "3000000000"}).get_json()["data"] == []
 
 
 # --- digests ------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def _rejected(exc: ValueError) -> ApiError:
 @bp.post("/articles")
 def push_article():
     """Create an article, or update the one with the same source_id (or URL): 201 or 200."""
+    query_params([])
     data = json_body(schemas.article_create())
     try:
         article, created = article_service.upsert_article(source_id=data.get("source_id"),
@@ -62,12 +63,14 @@ def list_articles():
 
 @bp.get("/articles/<int(max=2147483647):article_id>")
 def get_article(article_id: int):
+    query_params([])
     return jsonify(article_json(_article_or_404(article_id)))
 
 
 @bp.patch("/articles/<int(max=2147483647):article_id>")
 def update_article(article_id: int):
     """Change some fields of an article (sanitised like feed input)."""
+    query_params([])
     data = json_body(schemas.article_patch())
     article = _article_or_404(article_id)
     try:

@@ -60,6 +60,7 @@ def preview_digest():
 def trigger_digest():
     """Compile the coming digest and send it now: 202 with the digest, 204 when nothing is new,
     409 while another send is running."""
+    query_params([])
     data = json_body(schemas.digest_trigger()) if request.get_data(cache=True) else {}
     running = db.session.execute(
         select(Digest.id).where(Digest.status.in_(RUNNING_STATES)).limit(1)).scalar_one_or_none()
@@ -80,12 +81,14 @@ def trigger_digest():
 @bp.get(f"/digests/{DIGEST_ID}")
 def get_digest(digest_id: int):
     """A digest with the progress of its send."""
+    query_params([])
     return jsonify(_detail(_digest_or_404(digest_id)))
 
 
 @bp.post(f"/digests/{DIGEST_ID}/<any(pause, resume, cancel):action>")
 def control_digest(digest_id: int, action: str):
     """Pause, resume or cancel a send: 409 when the digest is not in a state that allows it."""
+    query_params([])
     digest = _digest_or_404(digest_id)
     try:
         ACTIONS[action](digest_id)

@@ -16,8 +16,8 @@ DEFAULT_LIMIT = 50
 
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 TIME = {"type": "string", "format": "date-time"}
-HTTP_URL = {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^https?://",
-            "format": "uri"}
+HTTP_URL = {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "^https?://[^\\s]+$",
+            "description": "An absolute http(s) URL."}
 
 
 def topic_slugs() -> list[str]:

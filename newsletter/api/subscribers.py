@@ -38,6 +38,7 @@ def _invalid_input(exc: subscriptions.InvalidInput) -> ApiError:
 @bp.post("/subscribers")
 def create_subscriber():
     """Ask for a subscription (double opt-in): 202 and the same answer whatever the address's state."""
+    query_params([])
     data = json_body(schemas.subscriber_create())
     try:
         subscriptions.request_signup(
@@ -79,12 +80,14 @@ def export_subscribers():
 
 @bp.get("/subscribers/<uid>")
 def get_subscriber(uid: str):
+    query_params([])
     return jsonify(subscriber_json(_subscriber_or_404(uid)))
 
 
 @bp.patch("/subscribers/<uid>")
 def update_subscriber(uid: str):
     """Change topics and/or language; what is not given stays as it is."""
+    query_params([])
     data = json_body(schemas.subscriber_patch())
     subscriber = _subscriber_or_404(uid)
     topics = data["topics"] if "topics" in data else subscriptions.topic_slugs(subscriber)
@@ -103,6 +106,7 @@ def update_subscriber(uid: str):
 @requires_role("admin")
 def erase_subscriber(uid: str):
     """Erase the person and their data (admin role only); the ledger keeps an anonymous trace."""
+    query_params([])
     subscriber = _subscriber_or_404(uid)
     subscriptions.erase_subscriber(subscriber, source="api")
     audit("api.subscriber.erase", uid)

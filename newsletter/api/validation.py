@@ -17,6 +17,7 @@ from flask import request
 
 from .errors import ApiError
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -73,12 +74,12 @@ def _validate_string(value: str, schema: dict, field: str) -> None:
     if "\x00" in value:
         raise invalid(field, "NUL character not allowed")
     if schema.get("format") == "date-time":
+        if not RFC3339.fullmatch(value):
+            raise invalid(field, "not an RFC 3339 date-time (e.g. 2026-11-23T07:00:00+01:00)")
         try:
-            parsed = datetime.fromisoformat(value)
+            datetime.fromisoformat(value.upper())
         except ValueError as exc:
-            raise invalid(field, "not an RFC 3339 date-time") from exc
-        if parsed.tzinfo is None:
-            raise invalid(field, "the date-time needs a time zone offset (or Z)")
+            raise invalid(field, "not a valid date or time") from exc
 
 
 def _validate_object(value: dict, schema: dict, field: str) -> None:
@@ -121,7 +122,13 @@ def json_body(schema: dict) -> dict:
 
 
 def query_params(parameters: list[dict]) -> dict:
-    """Query parameters (OpenAPI parameter objects) converted and checked; absent ones omitted."""
+    """Query parameters (OpenAPI parameter objects) converted and checked; absent ones omitted.
+
+    An operation without query parameters calls this with [] to refuse unknown ones."""
+    known = {parameter["name"] for parameter in parameters}
+    for name in request.args:
+        if name not in known:
+            raise ApiError(400, "invalid_query", "unknown query parameter", field=name[:100])
     values: dict = {}
     for parameter in parameters:
         name, schema = parameter["name"], parameter["schema"]
