@@ -54,7 +54,7 @@ def _path_param(name: str, schema: dict) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-UID = _path_param("uid", {"type": "string", "pattern": "^[0-9a-f]{1,32}$"})
+UID = _path_param("uid", {"type": "string", "pattern": "^[0-9a-f]{24,32}$"})
 ARTICLE_ID = _path_param("article_id", {"type": "integer", "minimum": 0, "maximum": 2147483647})
 DIGEST_ID = _path_param("digest_id", {"type": "integer", "minimum": 0, "maximum": 2147483647})
 

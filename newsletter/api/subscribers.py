@@ -19,7 +19,9 @@ from .pagination import page
 from .serialise import subscriber_json
 from .validation import invalid, json_body, query_params
 
-UID_PATTERN = re.compile(r"[0-9a-f]{1,32}")
+UID_PATTERN = re.compile(r"[0-9a-f]{24,32}")
+# Subscriber uids are 24 hex digits: the length keeps /subscribers/export out of this route.
+UID_PATH = "/subscribers/<string(minlength=24, maxlength=32):uid>"
 ACCEPTED_MESSAGE = ("If the address can be subscribed, a confirmation email has been sent to it; "
                     "the subscription starts when the link in it is followed.")
 
@@ -78,13 +80,13 @@ def export_subscribers():
                     headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'})
 
 
-@bp.get("/subscribers/<uid>")
+@bp.get(UID_PATH)
 def get_subscriber(uid: str):
     query_params([])
     return jsonify(subscriber_json(_subscriber_or_404(uid)))
 
 
-@bp.patch("/subscribers/<uid>")
+@bp.patch(UID_PATH)
 def update_subscriber(uid: str):
     """Change topics and/or language; what is not given stays as it is."""
     query_params([])
@@ -102,7 +104,7 @@ def update_subscriber(uid: str):
     return jsonify(subscriber_json(subscriber))
 
 
-@bp.delete("/subscribers/<uid>")
+@bp.delete(UID_PATH)
 @requires_role("admin")
 def erase_subscriber(uid: str):
     """Erase the person and their data (admin role only); the ledger keeps an anonymous trace."""
