@@ -62,7 +62,11 @@ def admin_template_helpers():
             return url_for(request.endpoint, **(request.view_args or {}), **args)
         return f"?lang={code}"
 
-    return {"admin_nav_items": nav_items, "admin_lang_url": lang_url}
+    def url_if(endpoint: str, **values) -> str | None:
+        """The URL of a page of another area, or None when this build does not have it."""
+        return url_for(endpoint, **values) if endpoint in current_app.view_functions else None
+
+    return {"admin_nav_items": nav_items, "admin_lang_url": lang_url, "admin_url_if": url_if}
 
 
 def _import_views() -> None:

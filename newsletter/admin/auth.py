@@ -149,6 +149,11 @@ def _posted_email_key() -> str:
     return (request.form.get("email") or "").strip().lower()[:320] or client_ip()
 
 
+def _failed(response) -> bool:
+    """Only failed attempts count against the login limits (an office behind one IP logs in fine)."""
+    return response.status_code != 302
+
+
 def _login_rate() -> str:
     return current_app.config["ADMIN_LOGIN_RATE"]
 
@@ -173,11 +178,19 @@ def log_setup_link(app=None) -> str:
     return url
 
 
+def _serving() -> bool:
+    """True in a web server (gunicorn, `flask run`), not in other `flask` commands."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is None or ctx.info_name == "run"
+
+
 @bp.record_once
 def _announce_setup(state) -> None:
     """At start, when no admin exists, the server logs a one-time setup link."""
     app = state.app
-    if app.testing:
+    if app.testing or not _serving():
         return
     try:
         with app.app_context():
@@ -188,9 +201,9 @@ def _announce_setup(state) -> None:
 
 
 @bp.route("/login", methods=["GET", "POST"], endpoint="login")
-@limiter.limit(_login_rate, methods=["POST"], scope="admin-login-ip")
+@limiter.limit(_login_rate, methods=["POST"], scope="admin-login-ip", deduct_when=_failed)
 @limiter.limit(_login_rate_per_address, key_func=_posted_email_key, methods=["POST"],
-               scope="admin-login-address")
+               scope="admin-login-address", deduct_when=_failed)
 def login_page():
     """Log in with email and password; one error message whatever was wrong."""
     if current_user.is_authenticated:

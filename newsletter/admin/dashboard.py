@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from flask import render_template
+from flask import current_app, render_template
 
-from .. import stats
+from .. import delivery, digests, scheduler, stats
+from ..models import utcnow
 from . import bp
 from .auth import role_required
+
+LAST_SENDS = 5
+
+
+def next_digest_time(now):
+    """When the scheduler fires next (DIGEST_SCHEDULE in TIMEZONE), or None for a bad schedule."""
+    try:
+        trigger = scheduler.digest_trigger(current_app)
+    except ValueError:
+        return None
+    return trigger.get_next_fire_time(None, now)
 
 
 @bp.get("/")
 @role_required("editor")
 def dashboard():
     """Counts by state, their trend, the coming digest and the last sends."""
-    return render_template("admin/dashboard.html", counts=stats.subscriber_counts())
+    now = utcnow()
+    points = stats.weekly_trend(now)
+    sends = [(digest, delivery.send_progress(digest.id)) for digest in digests.latest_digests(LAST_SENDS)]
+    return render_template(
+        "admin/dashboard.html", counts=stats.subscriber_counts(), points=points,
+        chart=stats.trend_chart(points), next_run=next_digest_time(now),
+        coming=digests.coming_articles(now), sends=sends,
+        require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
+    )

@@ -11,6 +11,7 @@ from wtforms import (
     HiddenField,
     PasswordField,
     RadioField,
+    SelectChoice,
     SelectField,
     SelectMultipleField,
     StringField,
@@ -20,7 +21,7 @@ from wtforms import (
 from wtforms.validators import EqualTo, InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
-LANGUAGE_CHOICES = [("sv", "Svenska"), ("en", "English")]
+LANGUAGE_CHOICES = [SelectChoice("sv", "Svenska"), SelectChoice("en", "English")]
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -29,48 +30,73 @@ class MultiCheckboxField(SelectMultipleField):
 
 
 class LoginForm(FlaskForm):
-    email = EmailField(_l("Email address"), validators=[InputRequired(), Length(max=320)],
-                       render_kw={"autocomplete": "username"})
-    password = PasswordField(_l("Password"), validators=[InputRequired(), Length(max=1000)],
-                             render_kw={"autocomplete": "current-password"})
+    email = EmailField(
+        _l("Email address"),
+        validators=[InputRequired(), Length(max=320)],
+        render_kw={"autocomplete": "username"},
+    )
+    password = PasswordField(
+        _l("Password"),
+        validators=[InputRequired(), Length(max=1000)],
+        render_kw={"autocomplete": "current-password"},
+    )
     next = HiddenField()
     submit = SubmitField(_l("Log in"))
 
 
 class NewPasswordMixin:
-    password = PasswordField(_l("Password"), validators=[InputRequired(), Length(max=1000)],
-                             render_kw={"autocomplete": "new-password"})
+    password = PasswordField(
+        _l("Password"),
+        validators=[InputRequired(), Length(max=1000)],
+        render_kw={"autocomplete": "new-password"},
+    )
     password_again = PasswordField(
-        _l("Password again"), validators=[InputRequired(), EqualTo("password", _l("The passwords differ."))],
-        render_kw={"autocomplete": "new-password"})
+        _l("Password again"),
+        validators=[InputRequired(), EqualTo("password", _l("The passwords differ."))],
+        render_kw={"autocomplete": "new-password"},
+    )
 
 
 class SetupForm(NewPasswordMixin, FlaskForm):
     token = HiddenField(validators=[InputRequired()])
-    email = EmailField(_l("Email address"), validators=[InputRequired(), Length(max=320)],
-                       render_kw={"autocomplete": "username"})
+    email = EmailField(
+        _l("Email address"),
+        validators=[InputRequired(), Length(max=320)],
+        render_kw={"autocomplete": "username"},
+    )
     submit = SubmitField(_l("Create the first admin"))
 
 
 class AdminForm(NewPasswordMixin, FlaskForm):
-    email = EmailField(_l("Email address"), validators=[InputRequired(), Length(max=320)],
-                       render_kw={"autocomplete": "off"})
-    role = RadioField(_l("Role"), choices=[("editor", _l("Editor: articles, digests and sends")),
-                                           ("admin", _l("Admin: everything, including subscribers' data "
-                                                        "and other admins"))],
-                      default="editor", validators=[InputRequired()])
+    email = EmailField(
+        _l("Email address"), validators=[InputRequired(), Length(max=320)], render_kw={"autocomplete": "off"}
+    )
+    role = RadioField(
+        _l("Role"),
+        choices=[
+            SelectChoice("editor", _l("Editor: articles, digests and sends")),
+            SelectChoice("admin", _l("Admin: everything, including subscribers' data and other admins")),
+        ],
+        default="editor",
+        validators=[InputRequired()],
+    )
     submit = SubmitField(_l("Add"))
 
 
 class PasswordChangeForm(FlaskForm):
-    current = PasswordField(_l("Current password"), validators=[InputRequired()],
-                            render_kw={"autocomplete": "current-password"})
-    password = PasswordField(_l("New password"), validators=[InputRequired(), Length(max=1000)],
-                             render_kw={"autocomplete": "new-password"})
+    current = PasswordField(
+        _l("Current password"), validators=[InputRequired()], render_kw={"autocomplete": "current-password"}
+    )
+    password = PasswordField(
+        _l("New password"),
+        validators=[InputRequired(), Length(max=1000)],
+        render_kw={"autocomplete": "new-password"},
+    )
     password_again = PasswordField(
         _l("New password again"),
         validators=[InputRequired(), EqualTo("password", _l("The passwords differ."))],
-        render_kw={"autocomplete": "new-password"})
+        render_kw={"autocomplete": "new-password"},
+    )
     submit = SubmitField(_l("Change password"))
 
 
@@ -87,11 +113,15 @@ class SubscriberAddForm(FlaskForm):
     topics = MultiCheckboxField(_l("Topics"), choices=[])
     confirmed = RadioField(
         _l("Consent"),
-        choices=[("pending", _l("Send a confirmation email (double opt-in)")),
-                 ("confirmed", _l("Already confirmed: I have their consent and describe it below"))],
-        default="pending")
-    note = TextAreaField(_l("Where and when did they give their consent?"),
-                         validators=[Optional(), Length(max=1000)])
+        choices=[
+            SelectChoice("pending", _l("Send a confirmation email (double opt-in)")),
+            SelectChoice("confirmed", _l("Already confirmed: I have their consent and describe it below")),
+        ],
+        default="pending",
+    )
+    note = TextAreaField(
+        _l("Where and when did they give their consent?"), validators=[Optional(), Length(max=1000)]
+    )
     submit = SubmitField(_l("Add subscriber"))
 
 
