@@ -120,6 +120,9 @@ class Config:
     MAIL_QUEUE_POLL_SECONDS: float = _float("MAIL_QUEUE_POLL_SECONDS", 30)
     # Temporary (4xx) refusals of one message before it is given up; a dead server never gives up.
     MAIL_QUEUE_MAX_ATTEMPTS: int = _int("MAIL_QUEUE_MAX_ATTEMPTS", 10)
+    # --- JSON API (/api/v1) ---
+    API_RATE_LIMIT: str = _env("API_RATE_LIMIT", "300 per minute")  # per token (Flask-Limiter syntax)
+    API_MAX_BODY_BYTES: int = _int("API_MAX_BODY_BYTES", 1024 * 1024)  # larger bodies get a 413
     SESSION_COOKIE_HTTPONLY: bool = True
     SESSION_COOKIE_SAMESITE: str = "Lax"
     SESSION_COOKIE_SECURE: bool = PUBLIC_URL.startswith("https://")
