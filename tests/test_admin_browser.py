@@ -43,7 +43,7 @@ def browser_app(tmp_path, smtp_server):
         "MAIL_URL": smtp_server.url,
         "PUBLIC_URL": f"http://127.0.0.1:{port}",
         "DIGEST_MAX_AGE_DAYS": 36500,  # the fixture feeds' dates are fixed; the clock is not
-        "SEND_RATE": 60,
+        "SEND_RATE": 100,  # messages a second: ~6 s for the whole send, long enough to pause it
         "RATELIMIT_ENABLED": False,
     }, config_class=TestConfig)
     with app.app_context():
