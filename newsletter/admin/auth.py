@@ -94,6 +94,14 @@ def require_login():
     return None
 
 
+@bp.before_request
+def refuse_nul_bytes():
+    """A NUL in any field is never typed by a person, and PostgreSQL refuses it in text: 400."""
+    for values in (request.args, request.form):
+        if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
+            abort(400)
+
+
 @bp.after_request
 def admin_headers(response):
     response.headers.setdefault("Cache-Control", "no-store")
@@ -106,6 +114,12 @@ def admin_headers(response):
 
 
 # --- errors ------------------------------------------------------------------------------
+
+
+@bp.errorhandler(400)
+def bad_request(error):
+    return render_template("admin/error.html", title=_("Bad request"),
+                           message=_("The request could not be understood. Nothing was changed.")), 400
 
 
 @bp.errorhandler(403)
