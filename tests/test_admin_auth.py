@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from admin_helpers import (
     PASSWORD,
@@ -487,3 +489,15 @@ def test_nul_bytes_anywhere_are_400_never_500(app):
     assert post_form(admin, "/admin/admins", account).status_code == 400
     with app.app_context():
         assert count(Subscriber) == 0 and count(Admin) == 2
+
+
+def test_the_server_logs_a_working_setup_link_when_no_admin_exists(app, caplog):
+    from newsletter.admin import auth
+
+    with app.app_context(), caplog.at_level("WARNING", logger="newsletter.admin.auth"):
+        auth.log_setup_link(app)
+        auth.log_setup_link(app)  # once per process, not on every visit
+    logged = [r.getMessage() for r in caplog.records if "setup?token=" in r.getMessage()]
+    assert len(logged) == 1
+    path = re.search(r"http://newsletter\.test(/admin/setup\?token=\S+)", logged[0]).group(1)
+    assert app.test_client().get(path).status_code == 200

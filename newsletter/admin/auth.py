@@ -176,19 +176,21 @@ def _login_rate_per_address() -> str:
     return current_app.config["ADMIN_LOGIN_RATE_PER_ADDRESS"]
 
 
-_setup_logged: set[str] = set()
+_setup_logged: dict[int, float] = {}  # app id -> when a link was last logged
 
 
 def log_setup_link(app=None) -> str:
-    """Log a setup link (once per process and app) and return it."""
+    """Log a setup link (once per process and app, again when half its validity has passed)."""
+    import time
+
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     url = accounts.setup_url(accounts.make_setup_token())
-    key = f"{id(app)}"
-    if key not in _setup_logged:
-        _setup_logged.add(key)
-        hours = app.config["ADMIN_SETUP_TOKEN_MAX_AGE"] // 3600
+    max_age = app.config["ADMIN_SETUP_TOKEN_MAX_AGE"]
+    last = _setup_logged.get(id(app))
+    if last is None or time.monotonic() - last > max_age / 2:
+        _setup_logged[id(app)] = time.monotonic()
         log.warning("No admin exists yet. Create the first one at: %s  (valid %s h, or use "
-                    "`flask --app wsgi admin create EMAIL`)", url, hours)
+                    "`flask --app wsgi admin create EMAIL`)", url, max_age // 3600)
     return url
 
 
