@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -243,7 +244,7 @@ class QueuedEmail(db.Model):
 ADMIN_ROLES = ("admin", "editor")
 
 
-class Admin(db.Model):
+class Admin(UserMixin, db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(300))
@@ -254,6 +255,14 @@ class Admin(db.Model):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login: a deactivated admin cannot log in or stay in
+        return bool(self.active)
+
+    def get_id(self) -> str:
+        """The login session id: "<id>:<session_version>", so bumping the version ends sessions."""
+        return f"{self.id}:{self.session_version or 0}"
 
 
 class ApiToken(db.Model):
