@@ -7,10 +7,10 @@ import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-from sqlalchemy import select
-
 from browser_helpers import ARTIFACTS, CHROMIUM, ROOT, serve
 from conftest import free_port
+from sqlalchemy import select
+
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, Subscriber
 
