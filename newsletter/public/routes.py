@@ -20,6 +20,7 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_babel import refresh
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import text
 
@@ -228,6 +229,9 @@ def _subscribe_json():
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         return jsonify(ok=False, error="invalid_json", message=_("Send a JSON object.")), 400
+    if supported(data.get("language") if isinstance(data.get("language"), str) else None):
+        g.locale = data["language"]  # answer in the language the embedding page asked for
+        refresh()
     topics = data.get("topics") or []
     if isinstance(topics, str):
         topics = [topics]
