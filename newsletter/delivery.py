@@ -601,6 +601,14 @@ class ProcessSender:
             log.info("delivery %s to subscriber %s: %s", item.delivery_id, subscriber.id, reply)
             self._note(error=True)
             return
+        except Exception as exc:  # noqa: BLE001  (a transport bug: retry later on a new connection)
+            log.exception("delivery %s: unexpected error while sending", item.delivery_id)
+            transport.close()
+            attempts = item.attempts + 1
+            target = results.failed if attempts >= self.settings.max_attempts else results.retry
+            target.append((item.delivery_id, attempts, f"error: {exc}"[:500]))
+            self._note(error=True)
+            return
         results.sent.append(item.delivery_id)
         self._note(error=False)
 
