@@ -761,9 +761,10 @@ def cancel_send(digest_id: int) -> Digest:
 
 
 def send_digest(digest_id: int, message_for: MessageFactory | None = None,
-                batch_size: int | None = None) -> dict:
+                batch_size: int | None = None, processes: int | None = None) -> dict:
     """Send every open delivery of the digest; returns when it is done, paused or cancelled
-    (or the process is told to stop: SendStopped). Resumes from the ledger."""
+    (or the process is told to stop: SendStopped). Resumes from the ledger.
+    `processes` overrides SEND_PROCESSES (a background send in a web process uses 1)."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     start_send(digest_id)
     recover_stale(digest_id)
@@ -776,6 +777,8 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
     settings = SendSettings.from_config(app.config, queued, custom_factory=message_for is not None)
     if batch_size:
         settings.batch_size = batch_size
+    if processes is not None:
+        settings.processes = max(1, min(processes, settings.connections))
     db.session.commit()
     stop = threading.Event()
     with _signals_stop(stop) as children:
@@ -977,9 +980,12 @@ def launch_send(digest_id: int) -> None:
 
 
 def _send_in_thread(app, digest_id: int) -> None:
+    # No forking from a thread of a (web) process: unless SEND_PROCESSES asks for more
+    # explicitly, a background send uses the threads of this process only.
+    processes = app.config.get("SEND_PROCESSES", 0)
     with app.app_context():
         try:
-            send_digest(digest_id)
+            send_digest(digest_id, processes=processes if processes > 1 else 1)
         except Exception:  # noqa: BLE001  (a background send must log, not vanish)
             log.exception("background send of digest %s failed", digest_id)
         finally:
@@ -993,12 +999,3 @@ def wait_for_sends(timeout: float | None = None) -> None:
     for thread in threads:
         thread.join(timeout)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` seconds (a helper for callers that watch a send)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return predicate()
