@@ -358,3 +358,51 @@ def recent_articles(days: int = 30) -> list[Article]:
     return list(db.session.execute(
         select(Article).where(Article.published_at >= cutoff).order_by(Article.published_at.desc())
     ).scalars())
+
+
+def upsert_article(*, source_id: str | None = None, now: datetime | None = None,
+                   **fields) -> tuple[Article, bool]:
+    """Create or update an article pushed by a website (the API); (article, created).
+
+    Matched by `source_id` when given, else by URL (as source id, or as the URL of an article
+    that a feed brought in). Fields are sanitised like feed input. ValueError for bad input.
+    """
+    allowed = {"title", "url", "summary", "topic_slug", "published", "author", "image_url", "image_alt",
+               "body_html", "hidden"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown article field: {', '.join(sorted(unknown))}")
+    clean = _clean_fields(fields)
+    key = (source_id or "").strip()[:1000] or clean.get("url", "")
+    if not key:
+        raise ValueError("an article needs a source id or URL")
+    article = _article_by_key(key, by_url=not source_id)
+    if article is None:
+        if "title" not in clean or "url" not in clean:
+            raise ValueError("a new article needs a title and a URL")
+        now = now or utcnow()
+        clean.setdefault("published_at", now)
+        if "topic" not in clean:
+            clean["topic"] = topic_for_category([])
+        article = Article(source_id=key, collected_at=now, **clean)
+        try:
+            with db.session.begin_nested():  # the same post pushed twice at once: one row
+                db.session.add(article)
+        except IntegrityError:
+            article = _article_by_key(key, by_url=False)
+        else:
+            db.session.commit()
+            return article, True
+    for name, value in clean.items():
+        setattr(article, name, value)
+    db.session.commit()
+    return article, False
+
+
+def _article_by_key(key: str, *, by_url: bool) -> Article | None:
+    article = db.session.execute(select(Article).where(Article.source_id == key)).scalar_one_or_none()
+    if article is None and by_url:
+        article = db.session.execute(
+            select(Article).where(Article.url == key).order_by(Article.id).limit(1)
+        ).scalar_one_or_none()
+    return article

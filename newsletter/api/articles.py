@@ -1,0 +1,81 @@
+"""Articles: a website pushes its posts (create or update, by source id or URL), and lists them."""
+
+from __future__ import annotations
+
+from flask import jsonify, url_for
+from sqlalchemy import select
+
+from .. import articles as article_service
+from ..extensions import db
+from ..models import Article, Topic
+from . import bp, schemas
+from .audit import audit
+from .errors import ApiError
+from .pagination import page
+from .serialise import article_json
+from .validation import invalid, json_body, query_params
+
+# The API's field names -> the names articles.py takes.
+FIELD_NAMES = {"topic": "topic_slug", "published_at": "published"}
+
+
+def _service_fields(data: dict) -> dict:
+    return {FIELD_NAMES.get(name, name): value for name, value in data.items() if name != "source_id"}
+
+
+def _article_or_404(article_id: int) -> Article:
+    article = db.session.get(Article, article_id)
+    if article is None:
+        raise ApiError(404, "not_found", "No article with this id.")
+    return article
+
+
+def _rejected(exc: ValueError) -> ApiError:
+    db.session.rollback()
+    return invalid("", str(exc)[:300])
+
+
+@bp.post("/articles")
+def push_article():
+    """Create an article, or update the one with the same source_id (or URL): 201 or 200."""
+    query_params([])
+    data = json_body(schemas.article_create())
+    try:
+        article, created = article_service.upsert_article(source_id=data.get("source_id"),
+                                                          **_service_fields(data))
+    except ValueError as exc:
+        raise _rejected(exc) from None
+    audit("api.article.create" if created else "api.article.update", str(article.id),
+          source_id=article.source_id)
+    headers = {"Location": url_for("api.get_article", article_id=article.id)}
+    return jsonify(article_json(article)), 201 if created else 200, headers
+
+
+@bp.get("/articles")
+def list_articles():
+    """Articles, newest first (by id)."""
+    params = query_params(schemas.article_list_params())
+    query = select(Article)
+    if "topic" in params:
+        query = query.join(Topic, Topic.id == Article.topic_id).where(Topic.slug == params["topic"])
+    return page(query, Article.id, params, article_json, descending=True)
+
+
+@bp.get("/articles/<int(max=2147483647):article_id>")
+def get_article(article_id: int):
+    query_params([])
+    return jsonify(article_json(_article_or_404(article_id)))
+
+
+@bp.patch("/articles/<int(max=2147483647):article_id>")
+def update_article(article_id: int):
+    """Change some fields of an article (sanitised like feed input)."""
+    query_params([])
+    data = json_body(schemas.article_patch())
+    article = _article_or_404(article_id)
+    try:
+        article_service.update_article(article, **_service_fields(data))
+    except ValueError as exc:
+        raise _rejected(exc) from None
+    audit("api.article.update", str(article.id), fields=sorted(data))
+    return jsonify(article_json(article))

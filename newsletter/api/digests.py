@@ -1,0 +1,101 @@
+"""Digests: list, preview the coming one, trigger a send, watch its progress, pause/resume/cancel."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, jsonify, request, url_for
+from sqlalchemy import select
+
+from .. import delivery
+from .. import digests as digest_service
+from ..extensions import db
+from ..models import Digest, utcnow
+from . import bp, schemas
+from .audit import audit
+from .errors import ApiError
+from .pagination import page
+from .serialise import digest_json, progress_json
+from .validation import json_body, query_params
+
+log = logging.getLogger(__name__)
+
+DIGEST_ID = "<int(max=2147483647):digest_id>"
+RUNNING_STATES = ("sending",)
+ACTIONS = {"pause": delivery.pause_send, "resume": delivery.resume_send, "cancel": delivery.cancel_send}
+
+
+def _digest_or_404(digest_id: int) -> Digest:
+    digest = db.session.get(Digest, digest_id)
+    if digest is None:
+        raise ApiError(404, "not_found", "No digest with this id.")
+    return digest
+
+
+def _detail(digest: Digest) -> dict:
+    return {**digest_json(digest), "progress": progress_json(delivery.send_progress(digest.id))}
+
+
+@bp.get("/digests")
+def list_digests():
+    """Digests, newest first."""
+    return page(select(Digest), Digest.id, query_params(schemas.digest_list_params()), digest_json,
+                descending=True)
+
+
+@bp.get("/digests/preview")
+def preview_digest():
+    """The coming digest as the public sees it (no personal links); 204 when nothing is new."""
+    params = query_params(schemas.preview_params())
+    language = params.get("lang", current_app.config["DEFAULT_LOCALE"])
+    coming = digest_service.coming_articles(utcnow())
+    rendered = digest_service.preview_coming(language, utcnow()) if coming else None
+    if rendered is None:
+        return "", 204
+    subject, text, html = rendered
+    return jsonify(language=language, subject=subject, text=text, html=html, article_count=len(coming))
+
+
+@bp.post("/digests")
+def trigger_digest():
+    """Compile the coming digest and send it now: 202 with the digest, 204 when nothing is new,
+    409 while another send is running."""
+    query_params([])
+    data = json_body(schemas.digest_trigger()) if request.get_data(cache=True) else {}
+    running = db.session.execute(
+        select(Digest.id).where(Digest.status.in_(RUNNING_STATES)).limit(1)).scalar_one_or_none()
+    if running is not None:
+        raise ApiError(409, "send_running", f"Digest {running} is being sent; wait for it, or pause or "
+                                            "cancel it first.")
+    digest = digest_service.compile_digest(utcnow(), intro=data.get("intro", ""))
+    if digest is None:
+        return "", 204
+    delivery.start_send(digest.id)  # recipients pinned now, so the answer has their number
+    audit("api.digest.send", str(digest.id), recipients=digest.recipient_count)
+    delivery.launch_send(digest.id)
+    db.session.refresh(digest)
+    headers = {"Location": url_for("api.get_digest", digest_id=digest.id)}
+    return jsonify(_detail(digest)), 202, headers
+
+
+@bp.get(f"/digests/{DIGEST_ID}")
+def get_digest(digest_id: int):
+    """A digest with the progress of its send."""
+    query_params([])
+    return jsonify(_detail(_digest_or_404(digest_id)))
+
+
+@bp.post(f"/digests/{DIGEST_ID}/<any(pause, resume, cancel):action>")
+def control_digest(digest_id: int, action: str):
+    """Pause, resume or cancel a send: 409 when the digest is not in a state that allows it."""
+    query_params([])
+    digest = _digest_or_404(digest_id)
+    try:
+        ACTIONS[action](digest_id)
+    except ValueError as exc:
+        db.session.rollback()
+        raise ApiError(409, "invalid_state", f"Cannot {action} a digest that is {digest.status}: {exc}"
+                       ) from None
+    audit(f"api.digest.{action}", str(digest_id))
+    db.session.refresh(digest)
+    return jsonify(_detail(digest))
