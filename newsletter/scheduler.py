@@ -136,6 +136,8 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             log.info("digest %s of %s: %s, %d recipients", digest.id, period, digest.status,
                      digest.recipient_count)
         record_run(period, "nothing-new" if digest is None else digest.status, now)
+        if digest is not None:  # loaded again, so callers may read it after the app context ends
+            db.session.refresh(digest)
         return digest
 
 
@@ -155,8 +157,7 @@ def missed_run(app: Flask, now: datetime | None = None) -> datetime | None:
                 log.info("first start: the next digest run is the first one")
             else:
                 log.warning("the digest run of %s (%s) was missed by more than DIGEST_MISFIRE_GRACE_MINUTES "
-                            "(%s): skipped; its articles go into the next digest while they are younger "
-                            "than DIGEST_MAX_AGE_DAYS", period, fire.isoformat(), misfire_grace(app))
+                            "(%s): skipped; its articles go into the next digest", period, fire.isoformat(), misfire_grace(app))
             record_run(period, "skipped", now)
             return None
         return fire

@@ -102,10 +102,13 @@ def test_down_at_fire_time_back_within_grace_sends_once_even_after_two_restarts(
 
 def test_back_after_the_grace_time_skips_with_a_log_and_the_next_digest_has_the_articles(
         make_app, smtp_server, caplog):
-    # 14 days of age, so the skipped week's articles are still young enough next Monday.
-    app = make_app(MAIL_URL=smtp_server.url, DIGEST_MAX_AGE_DAYS=14)
+    # The default DIGEST_MAX_AGE_DAYS (7): the next digest reaches back to the previous one.
+    app = make_app(MAIL_URL=smtp_server.url)
     last_week = FIRE - timedelta(days=7)
-    assert scheduler.weekly_job(app, scheduled=last_week, now=last_week) is None  # it ran: nothing new
+    with app.app_context():
+        articles.add_article(title="Förra veckans nyhet", url="https://norrsken.example/f/",
+                             published=last_week - timedelta(days=1))
+    assert scheduler.weekly_job(app, scheduled=last_week, now=last_week) is not None  # W47 sent
     with app.app_context():
         articles.add_article(title="Från den missade veckan", url="https://norrsken.example/m/",
                              published=FIRE - timedelta(days=2))
@@ -125,9 +128,11 @@ def test_back_after_the_grace_time_skips_with_a_log_and_the_next_digest_has_the_
     next_week = FIRE + timedelta(days=7)
     assert scheduler.weekly_job(app, scheduled=next_week, now=next_week) is not None
     with app.app_context():
-        assert db.session.execute(db.text("select period from digest")).scalars().all() == ["2026-W49"]
+        periods = db.session.execute(db.text("select period from digest order by id")).scalars().all()
+        assert periods == ["2026-W47", "2026-W49"]
     text = smtp_server.messages(to="a@example.se")[0].get_body(("plain",)).get_content()
     assert "Från den missade veckan" in text and "Från veckan efter" in text
+    assert "Förra veckans nyhet" not in text
     assert len(smtp_server.messages()) == 1
 
 
