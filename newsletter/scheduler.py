@@ -157,7 +157,8 @@ def missed_run(app: Flask, now: datetime | None = None) -> datetime | None:
                 log.info("first start: the next digest run is the first one")
             else:
                 log.warning("the digest run of %s (%s) was missed by more than DIGEST_MISFIRE_GRACE_MINUTES "
-                            "(%s): skipped; its articles go into the next digest", period, fire.isoformat(), misfire_grace(app))
+                            "(%s): skipped; its articles go into the next digest",
+                            period, fire.isoformat(), misfire_grace(app))
             record_run(period, "skipped", now)
             return None
         return fire

@@ -52,6 +52,12 @@ def _http_error(exc: HTTPException):
     return jsonify(ok=False, error=exc.description if exc.code != 404 else "not found"), exc.code
 
 
+# Handlers for a status code win over a blueprint's generic HTTPException handler, and the
+# app has some (the API's JSON errors): register ours per code too, so hooks stay JSON.
+for _code in (400, 403, 404, 405, 413, 415, 429):
+    bp.register_error_handler(_code, _http_error)
+
+
 @bp.before_request
 def _limit_body() -> None:
     request.max_content_length = MAX_BODY_BYTES
