@@ -357,6 +357,9 @@ BAD_ARTICLES = [
     ({"title": "x", "url": "https://example.org/", "topic": "sport"}, "topic"),
     ({"title": "x", "url": "https://example.org/", "published_at": "yesterday"}, "published_at"),
     ({"title": "x", "url": "https://example.org/", "published_at": "2026-11-20T10:00:00"}, "published_at"),
+    ({"title": "x", "url": "https://example.org/", "published_at": "0001-01-01T00:00:00+01:00"},
+     "published_at"),
+    ({"title": "x", "url": "https://example.org/", "published_at": "2026-02-30T10:00:00Z"}, "published_at"),
     ({"title": "x", "url": "https://example.org/", "hidden": "yes"}, "hidden"),
     ({"title": "x", "url": "https://example.org/", "id": 3}, "id"),
 ]
