@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from api_helpers import (
@@ -13,6 +15,7 @@ from api_helpers import (
     Api,
     add_subscriber,
     audit_actions,
+    auth,
     csrf_token,
     log_in,
     make_token,
@@ -24,6 +27,8 @@ from sqlalchemy import select
 from newsletter import delivery, mail_queue
 from newsletter.extensions import db
 from newsletter.models import ApiToken, Article, AuditEvent, ConsentEvent, QueuedEmail, Subscriber
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture
@@ -562,3 +567,71 @@ def test_editors_and_strangers_cannot_reach_the_token_page(app, client, token):
     revoke = client.post(f"/admin/api-tokens/{token_id}/revoke", data={"csrf_token": csrf_token(page)})
     assert revoke.status_code == 403
     assert Api(client, token).get("/digests").status_code == 200  # still works
+
+
+# --- the token page in real Chromium, and the token over real HTTP --------------------------------------
+
+
+def _http_status(url: str, token: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=auth(token))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium (see .ci/run)")
+def test_token_page_in_chromium_and_the_token_over_http(app):
+    from playwright.sync_api import expect, sync_playwright
+    from werkzeug.serving import make_server
+
+    with app.app_context():
+        if db.engine.dialect.name != "sqlite":
+            pytest.skip("the browser run covers the page; the database is covered above")
+        from newsletter import accounts
+
+        accounts.create_admin("boss@example.org", "a long test password", role="admin")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+            try:
+                page = browser.new_page(locale="sv-SE")
+                page.goto(f"{base}/admin/login?next=/admin/api-tokens")
+                page.get_by_label("E-postadress").fill("boss@example.org")
+                page.get_by_label("Lösenord").fill("a long test password")
+                page.get_by_role("button", name="Logga in").click()
+                expect(page.get_by_role("heading", name="API-nycklar")).to_be_visible()
+                page.get_by_label("Namn (vad nyckeln används till, t.ex. webbplatsen)").fill("Webbplatsen")
+                page.get_by_label("Redaktör", exact=False).check()
+                page.get_by_role("button", name="Skapa nyckel").click()
+                token = page.get_by_label("Nyckel", exact=True).input_value()
+                assert token.startswith("nlt_")
+                page.screenshot(path=str(ARTIFACTS / "admin-api-tokens-created.png"), full_page=True)
+                assert _http_status(f"{base}/api/v1/subscribers", token) == 200
+                assert _http_status(f"{base}/api/v1/subscribers/export", token) == 403  # editor
+
+                page.goto(f"{base}/admin/api-tokens?lang=en")
+                expect(page.get_by_role("cell", name="Webbplatsen", exact=True)).to_be_visible()
+                assert token not in page.content()
+                page.get_by_role("button", name="Revoke the token “Webbplatsen”").click()
+                expect(page.get_by_text("revoked", exact=True).first).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "admin-api-tokens.png"), full_page=True)
+                assert _http_status(f"{base}/api/v1/subscribers", token) == 401
+
+                phone = browser.new_page(viewport={"width": 375, "height": 740}, locale="en-GB")
+                phone.context.add_cookies(page.context.cookies())
+                phone.goto(f"{base}/admin/api-tokens")
+                phone.screenshot(path=str(ARTIFACTS / "admin-api-tokens-phone.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
