@@ -88,8 +88,10 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             return None
         articles.fetch_all_feeds(now)
         if app.config["DIGEST_REQUIRE_APPROVAL"]:
-            digest = digests.compile_digest(now, period=period)
-            if digest is not None:
+            # compile → draft → wait: an editor's approval (admin) sends it; an editor's
+            # earlier draft (with its intro) is adopted for this period instead of a second one.
+            digest = digests.prepare_digest(now, period=period)
+            if digest is not None and digest.status == "draft":
                 log.info("digest %s of %s is a draft waiting for an admin's approval", digest.id, period)
         else:
             digest = digests.send_now(now, period=period)

@@ -452,3 +452,17 @@ def test_setup_token_command_prints_a_working_link_only_while_no_admin_exists(ap
     make_admin(app)
     result = runner.invoke(args=["admin", "setup-token"])
     assert result.exit_code == 1 and "admin exists already" in result.output
+
+
+def test_the_language_switch_keeps_the_query_but_cannot_be_abused(app):
+    client = logged_in(app)
+    html = client.get("/admin/subscribers?status=pending&q=a").get_data(as_text=True)
+    assert "/admin/subscribers?status=pending&amp;q=a&amp;lang=en" in html
+    with app.app_context():
+        db.session.add(Subscriber(email="one@example.org", status="confirmed"))
+        db.session.commit()
+    queries = ("_external=1&_scheme=javascript", "endpoint=admin.audit", "subscriber_id=2", "lang=xx&lang=en")
+    for query in queries:
+        response = client.get(f"/admin/subscribers/1?{query}")
+        assert response.status_code == 200, query
+        assert "javascript:" not in response.get_data(as_text=True)

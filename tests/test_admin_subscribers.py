@@ -395,3 +395,55 @@ def test_dashboard_shows_counts_trend_and_the_next_digest(app):
     assert "Nothing new yet" in html
     sv = client.get("/admin/?lang=sv").get_data(as_text=True)
     assert "Nästa nyhetsbrev" in sv and "Prenumeranter" in sv
+
+
+def test_dashboard_shows_what_the_coming_digest_contains_and_the_last_sends(app):
+    from newsletter.models import Article, Delivery, Digest, utcnow
+
+    now = utcnow()
+    with app.app_context():
+        ids = add_subscribers(3)
+        old = Article(
+            source_id="old",
+            title="Sent last week",
+            url="https://example.se/old",
+            published_at=now - timedelta(days=2),
+        )
+        new = Article(
+            source_id="new", title="<i>Fresh</i> news", url="https://example.se/new", published_at=now
+        )
+        hidden = Article(
+            source_id="hid", title="Hidden one", url="https://example.se/hid", published_at=now, hidden=True
+        )
+        digest = Digest(
+            status="done",
+            subject_sv="Veckans nyheter",
+            subject_en="This week",
+            started_at=now,
+            finished_at=now,
+            recipient_count=3,
+        )
+        digest.articles = [old]
+        db.session.add_all([old, new, hidden, digest])
+        db.session.flush()
+        db.session.add_all(
+            [
+                Delivery(digest_id=digest.id, subscriber_id=ids[0], state="sent"),
+                Delivery(digest_id=digest.id, subscriber_id=ids[1], state="sent"),
+                Delivery(digest_id=digest.id, subscriber_id=ids[2], state="failed"),
+            ]
+        )
+        db.session.commit()
+        digest_id = digest.id
+    client = logged_in(app, "editor")
+    html = client.get("/admin/?lang=en").get_data(as_text=True)
+    coming = html[html.index("Next digest") : html.index("Last sends")]
+    assert (
+        "&lt;i&gt;Fresh&lt;/i&gt; news" in coming
+        and "Hidden one" not in coming
+        and "Sent last week" not in coming
+    )
+    assert "1 new article so far, to about 3 confirmed subscribers" in coming
+    sends = html[html.index("Last sends") :]
+    assert f"#{digest_id} This week" in sends
+    assert re.search(r"<td>2</td><td>1</td><td>0</td>\s*<td>0</td><td>3</td>", sends)

@@ -56,10 +56,13 @@ def admin_template_helpers():
 
     def lang_url(code: str) -> str:
         """This page in another language (keeping its query: search and filters)."""
-        args = request.args.to_dict(flat=False)
+        view_args = request.view_args or {}
+        # Only plain query parameters: not url_for's own (_external, _scheme…) nor the view's.
+        args = {key: values for key, values in request.args.lists()
+                if not key.startswith("_") and key != "endpoint" and key not in view_args}
         args["lang"] = [code]
         if request.endpoint and request.method == "GET":
-            return url_for(request.endpoint, **(request.view_args or {}), **args)
+            return url_for(request.endpoint, **view_args, **args)
         return f"?lang={code}"
 
     def url_if(endpoint: str, **values) -> str | None:
