@@ -635,3 +635,23 @@ def test_token_page_in_chromium_and_the_token_over_http(app):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_draft_with_an_intro_is_previewed_and_sent(app, api):
+    from newsletter import digests
+
+    with app.app_context():
+        add_subscriber("anna@example.com")
+    push_articles(api)
+    with app.app_context():
+        draft = digests.set_intro("Välkommen till veckans brev!")  # the admin's digest page does this
+        draft_id = draft.id
+    preview = api.get("/digests/preview?lang=sv").get_json()
+    assert "Välkommen till veckans brev!" in preview["text"] and preview["article_count"] == 2
+    response = api.post("/digests")
+    assert response.status_code == 202
+    assert response.get_json()["id"] == draft_id  # the draft is sent, not a second digest
+    done = wait_for_status(api, draft_id, ("done",))
+    delivery.wait_for_sends(10)
+    assert done["progress"]["sent"] == 1
+    assert api.get("/digests").get_json()["data"][0]["id"] == draft_id
