@@ -145,6 +145,18 @@ def test_unknown_paths_and_methods_answer_json(client, api):
     assert page.status_code == 404 and not page.is_json
 
 
+def test_an_unexpected_error_is_a_json_500_without_details(app, api):
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: the error handler answers
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    app.view_functions["api.list_digests"] = broken
+    response = api.get("/digests")
+    assert response.status_code == 500
+    assert error_of(response) == {"code": "internal_error", "message": "Something went wrong on our side."}
+
+
 BAD_SIGNUPS = [
     ({"data": "{", "content_type": "application/json"}, 400, "invalid_json", None),
     ({"data": "[1, 2]", "content_type": "application/json"}, 400, "invalid_json", None),
