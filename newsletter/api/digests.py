@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy import select
 
@@ -17,8 +15,6 @@ from .errors import ApiError
 from .pagination import page
 from .serialise import digest_json, progress_json
 from .validation import json_body, query_params
-
-log = logging.getLogger(__name__)
 
 DIGEST_ID = "<int(max=2147483647):digest_id>"
 RUNNING_STATES = ("sending",)
