@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from newsletter import delivery
 from newsletter.extensions import db
 from newsletter.models import Article, utcnow
 
@@ -44,7 +45,8 @@ def schema_app(make_app):
         db.session.add(Article(source_id="s1", title="Nytt", url="https://example.org/1",
                                published_at=utcnow()))
         db.session.commit()
-    return app
+    yield app
+    delivery.wait_for_sends(20)  # POST /digests started sends: let them end before the teardown
 
 
 @pytest.fixture
