@@ -104,6 +104,16 @@ class Config:
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
+    # --- bounces, complaints and DKIM (issue 4, owner: bounces) ---
+    DKIM_DOMAIN: str = _env("DKIM_DOMAIN")  # d= of the signature; default: the domain of MAIL_FROM
+    # SNS topics whose notifications /hooks/ses accepts (comma-separated ARNs). Without it, only
+    # the secret form /hooks/ses/<BOUNCE_WEBHOOK_SECRET> is open: any AWS account can make SNS
+    # sign a message, so the signature alone does not say the message is about *our* mail.
+    SNS_TOPIC_ARNS: list[str] = _list("SNS_TOPIC_ARNS")
+    # Host (regular expression, whole name) that SigningCertURL and SubscribeURL must be on (https).
+    SNS_CERT_HOST_PATTERN: str = _env("SNS_CERT_HOST_PATTERN", r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+    SNS_CA_BUNDLE: str = _env("SNS_CA_BUNDLE")  # CA file for fetching those URLs; empty = the system's
+    SNS_MAX_AGE_SECONDS: int = _int("SNS_MAX_AGE_SECONDS", 24 * 3600)  # older messages refused; 0 = any
     # Mail that is sent outside the request (confirmations): a thread in-process by default.
     MAIL_QUEUE_THREAD: bool = _bool("MAIL_QUEUE_THREAD", True)
     # The queue worker also wakes this often on its own, to retry what failed earlier.

@@ -32,6 +32,9 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     if overrides:
         app.config.update(overrides)
     _instance_defaults(app)
+    from .mail import check_dkim_settings
+
+    check_dkim_settings(app)  # a bad DKIM key stops the start with a clear error
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("PROXY_FIX"):  # behind a reverse proxy that sets X-Forwarded-*

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_date
 from flask import current_app
-from sqlalchemy import delete, exists, insert, or_, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import delivery, mail
@@ -45,12 +45,20 @@ HEADLINE_MAX = 80  # characters of the lead headline in the subject
 
 
 def coming_articles(now: datetime | None = None) -> list[Article]:
-    """Articles for the next digest: not hidden, in no digest, published within DIGEST_MAX_AGE_DAYS.
+    """Articles for the next digest: not hidden, in no digest, and published within
+    DIGEST_MAX_AGE_DAYS or since the previous digest, whichever reaches further back (so a
+    week the scheduler skipped goes into the next digest), but never more than twice that age.
 
     Ordered as the digest shows them: by topic, newest first within a topic.
     """
     now = now or utcnow()
-    cutoff = now - timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
+    max_age = timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
+    cutoff = now - max_age
+    previous = db.session.execute(
+        select(func.max(Digest.compiled_for)).where(Digest.compiled_for < now)
+    ).scalar_one_or_none()
+    if previous is not None:
+        cutoff = max(min(cutoff, previous), now - 2 * max_age)
     in_a_digest = exists().where(digest_articles.c.article_id == Article.id)
     rows = db.session.execute(
         select(Article)

@@ -11,11 +11,15 @@ Jobs:
 
 Misfire policy: a run missed because the process was down (or busy) is made once when the
 scheduler comes back within DIGEST_MISFIRE_GRACE_MINUTES (default 6 h) of the fire time;
-later than that it is skipped (logged), and the articles go into the next run while they are
-younger than DIGEST_MAX_AGE_DAYS. APScheduler's own misfire_grace_time covers a busy
+later than that it is skipped (logged once), and the articles go into the next digest while
+they are younger than DIGEST_MAX_AGE_DAYS. APScheduler's own misfire_grace_time covers a busy
 process; the catch-up at start covers a process that was down (the in-memory job store
-forgets past fire times). With DIGEST_REQUIRE_APPROVAL the weekly run only compiles a draft;
-the housekeeping job sends it once an admin has set it to "approved".
+forgets past fire times). Every finished run is recorded (a "digest-run:<period>" row in the
+lease table, whatever its outcome: sent, nothing new, draft, skipped), so a restart never makes
+a period's run twice, not even one that found nothing new at the time.
+
+With DIGEST_REQUIRE_APPROVAL the weekly run only compiles a draft; the housekeeping job sends
+it once an admin has set it to "approved".
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from . import articles, delivery, digests
 from .extensions import db
-from .models import Digest, utcnow
+from .models import Digest, SchedulerLock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +70,41 @@ def last_fire_time(trigger: CronTrigger, now: datetime, lookback: timedelta = ti
 def period_for(trigger: CronTrigger, fire_time: datetime) -> str:
     """The unique key of a run: its ISO week, or its local time if the schedule fires more often."""
     local = fire_time.astimezone(trigger.timezone)
-    following = trigger.get_next_fire_time(fire_time, fire_time + timedelta(seconds=1))
     year, week, _ = local.isocalendar()
-    if following is not None and following.astimezone(trigger.timezone).isocalendar()[:2] == (year, week):
-        return local.strftime("%Y-%m-%dT%H:%M")
+    following = trigger.get_next_fire_time(fire_time, fire_time + timedelta(seconds=1))
+    previous = last_fire_time(trigger, fire_time - timedelta(seconds=1))
+    for other in (following, previous):  # both: the last run of a week must not get the week's key
+        if other is not None and other.astimezone(trigger.timezone).isocalendar()[:2] == (year, week):
+            return local.strftime("%Y-%m-%dT%H:%M")
     return f"{year}-W{week:02d}"
+
+
+RUN_PREFIX = "digest-run:"
+RUN_RECORD_DAYS = 60  # a run's record is kept this long (a period is never seen again after it)
+
+
+def run_made(period: str) -> bool:
+    """Whether the run of this period was made already (a digest, or a recorded outcome)."""
+    if db.session.execute(select(Digest.id).where(Digest.period == period)).first():
+        return True
+    return db.session.execute(
+        select(SchedulerLock.name).where(SchedulerLock.name == RUN_PREFIX + period)).first() is not None
+
+
+def record_run(period: str, outcome: str, now: datetime | None = None) -> None:
+    """Record that the run of `period` is over (outcome: sent, nothing-new, draft, skipped)."""
+    now = now or utcnow()
+    table = SchedulerLock.__table__
+    db.session.commit()
+    with db.engine.begin() as conn:
+        conn.execute(delete(table).where(table.c.name.startswith(RUN_PREFIX, autoescape=True),
+                                         table.c.expires_at < now))
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(insert(table).values(name=RUN_PREFIX + period, holder=outcome[:128],
+                                              expires_at=now + timedelta(days=RUN_RECORD_DAYS)))
+    except IntegrityError:  # another scheduler recorded it first
+        pass
 
 
 def weekly_job(app: Flask, *, scheduled: datetime | None = None,
@@ -83,8 +118,8 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             log.warning("digest run of %s missed by more than the grace time: skipped", fire.isoformat())
             return None
         period = period_for(trigger, fire)
-        if db.session.execute(select(Digest.id).where(Digest.period == period)).first():
-            log.info("digest of %s made already: nothing to do", period)
+        if run_made(period):
+            log.info("digest run of %s made already: nothing to do", period)
             return None
         articles.fetch_all_feeds(now)
         if app.config["DIGEST_REQUIRE_APPROVAL"]:
@@ -97,6 +132,12 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             digest = digests.send_now(now, period=period)
         if digest is None:
             log.info("no digest for %s: nothing new (or made by another process)", period)
+        elif digest.status != "draft":
+            log.info("digest %s of %s: %s, %d recipients", digest.id, period, digest.status,
+                     digest.recipient_count)
+        record_run(period, "nothing-new" if digest is None else digest.status, now)
+        if digest is not None:  # loaded again, so callers may read it after the app context ends
+            db.session.refresh(digest)
         return digest
 
 
@@ -106,12 +147,30 @@ def missed_run(app: Flask, now: datetime | None = None) -> datetime | None:
         now = now or utcnow()
         trigger = digest_trigger(app)
         fire = last_fire_time(trigger, now)
-        if fire is None or now - fire > misfire_grace(app):
+        if fire is None:
             return None
         period = period_for(trigger, fire)
-        if db.session.execute(select(Digest.id).where(Digest.period == period)).first():
+        if run_made(period):
+            return None
+        if now - fire > misfire_grace(app):
+            if _never_ran():  # a new installation: nothing was missed
+                log.info("first start: the next digest run is the first one")
+            else:
+                log.warning("the digest run of %s (%s) was missed by more than DIGEST_MISFIRE_GRACE_MINUTES "
+                            "(%s): skipped; its articles go into the next digest",
+                            period, fire.isoformat(), misfire_grace(app))
+            record_run(period, "skipped", now)
             return None
         return fire
+
+
+def _never_ran() -> bool:
+    """No digest and no recorded run: the scheduler (and `digest send`) never ran here."""
+    if db.session.execute(select(Digest.id).limit(1)).first():
+        return False
+    return db.session.execute(
+        select(SchedulerLock.name).where(SchedulerLock.name.startswith(RUN_PREFIX, autoescape=True)).limit(1)
+    ).first() is None
 
 
 def poll_feeds_job(app: Flask) -> None:
@@ -143,15 +202,17 @@ def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
     """The scheduler with its three jobs (and a catch-up run if a weekly run was missed)."""
     scheduler = scheduler or BlockingScheduler(timezone=ZoneInfo(app.config["TIMEZONE"]))
     grace = int(misfire_grace(app).total_seconds())
+    # The polling and housekeeping jobs run late rather than not at all (APScheduler's default
+    # grace is one second: a busy or suspended process would silently skip them).
     scheduler.add_job(weekly_job, digest_trigger(app), args=[app], id=WEEKLY_JOB, name="weekly digest",
                       coalesce=True, max_instances=1, misfire_grace_time=grace, replace_existing=True)
     if app.config["FEED_POLL_MINUTES"] > 0:
         scheduler.add_job(poll_feeds_job, IntervalTrigger(minutes=app.config["FEED_POLL_MINUTES"]),
                           args=[app], id="poll-feeds", name="poll feeds", coalesce=True, max_instances=1,
-                          replace_existing=True)
+                          misfire_grace_time=None, replace_existing=True)
     scheduler.add_job(housekeeping_job, IntervalTrigger(seconds=HOUSEKEEPING_SECONDS), args=[app],
                       id="housekeeping", name="housekeeping", coalesce=True, max_instances=1,
-                      replace_existing=True)
+                      misfire_grace_time=None, replace_existing=True)
     missed = missed_run(app, now)
     if missed is not None:
         log.warning("the digest run of %s was missed; making it now", missed.isoformat())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from admin_helpers import (
     PASSWORD,
@@ -466,3 +468,36 @@ def test_the_language_switch_keeps_the_query_but_cannot_be_abused(app):
         response = client.get(f"/admin/subscribers/1?{query}")
         assert response.status_code == 200, query
         assert "javascript:" not in response.get_data(as_text=True)
+
+
+def test_nul_bytes_anywhere_are_400_never_500(app):
+    make_admin(app)
+    client = app.test_client()
+    data = {"csrf_token": csrf_token(client), "email": "bo\x00ss@example.org", "password": "x\x00"}
+    assert client.post("/admin/login", data=data).status_code == 400
+    admin = logged_in(app, "admin", "second@example.org")
+    for url in ("/admin/subscribers?q=a%00b", "/admin/subscribers?topic=%00", "/admin/audit?action=%00"):
+        assert admin.get(url).status_code == 400, url
+    new = {"email": "a@example.org", "language": "sv", "confirmed": "confirmed", "note": "paper\x00note"}
+    assert post_form(admin, "/admin/subscribers/new", new).status_code == 400
+    account = {
+        "email": "n\x00@example.org",
+        "role": "editor",
+        "password": "c" * 20,
+        "password_again": "c" * 20,
+    }
+    assert post_form(admin, "/admin/admins", account).status_code == 400
+    with app.app_context():
+        assert count(Subscriber) == 0 and count(Admin) == 2
+
+
+def test_the_server_logs_a_working_setup_link_when_no_admin_exists(app, caplog):
+    from newsletter.admin import auth
+
+    with app.app_context(), caplog.at_level("WARNING", logger="newsletter.admin.auth"):
+        auth.log_setup_link(app)
+        auth.log_setup_link(app)  # once per process, not on every visit
+    logged = [r.getMessage() for r in caplog.records if "setup?token=" in r.getMessage()]
+    assert len(logged) == 1
+    path = re.search(r"http://newsletter\.test(/admin/setup\?token=\S+)", logged[0]).group(1)
+    assert app.test_client().get(path).status_code == 200

@@ -1,7 +1,8 @@
 """The admin in real headless Chromium (Playwright), against the real app over HTTP, a real
 SMTP server (aiosmtpd) and the fixture feeds over HTTP: log in, import the fixture CSVs, fetch
 the feeds, preview the digest, send a test, send to a few hundred subscribers, pause and
-resume while the progress bar moves, and see it reach 100 %. A screenshot of each page goes
+resume while the progress bar moves, close the window mid-send and come back to see it reach
+100 % (updated in place, never reloaded). A screenshot of each page goes
 to test-artifacts/.
 
 SQLite only: the same views and services run on PostgreSQL in test_admin_content.py, and one
@@ -88,7 +89,8 @@ def test_admin_in_a_real_browser(browser_app, smtp_server, feed_server, tmp_path
             _articles(page, base)
             _digest_preview_and_test(page, base, smtp_server)
             digest_id = _send_now(page, base, app)
-            _pause_resume_and_finish(page, base, app, digest_id)
+            page = _pause_resume_and_finish(browser, page, base, app, digest_id)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
             _phone(browser, page, base, digest_id)
         finally:
             browser.close()
@@ -202,8 +204,9 @@ def _settled_count(app, digest_id: int) -> int:
     return _count(app, Delivery, Delivery.digest_id == digest_id, Delivery.state == "sent")
 
 
-def _pause_resume_and_finish(page, base: str, app, digest_id: int) -> None:
-    bar = page.locator("#send-bar")
+def _pause_resume_and_finish(browser, page, base: str, app, digest_id: int):
+    """Pause, resume, close the browser window mid-send, come back and watch it reach 100 %.
+    Returns the new page."""
     # The bar moves without a reload.
     page.wait_for_function("document.querySelector('[data-field=sent]').textContent > 0")
     page.get_by_role("button", name="Pause").click()
@@ -226,7 +229,20 @@ def _pause_resume_and_finish(page, base: str, app, digest_id: int) -> None:
                            "&& document.querySelector('[data-field=status_label]').textContent === 'Sending'",
                            timeout=10_000)
     _shot(page, "09-send-running")
+    # Closing the window does not stop the send: it runs on the server.
+    session = page.context.storage_state()
+    before_close = _count(app, Delivery, Delivery.digest_id == digest_id, Delivery.state == "sent")
+    page.context.close()
+    time.sleep(1)
+    assert _count(app, Delivery, Delivery.digest_id == digest_id, Delivery.state == "sent") > before_close
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, storage_state=session)
+    page.set_default_timeout(15_000)
+    page.goto(f"{base}/admin/sends/{digest_id}")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    bar = page.locator("#send-bar")
     page.wait_for_function("Number(document.getElementById('send-bar').value) >= 100", timeout=40_000)
+    assert navigations == []  # updated in place by admin-progress.js, never reloaded
     page.get_by_text("Done", exact=True).wait_for()
     assert bar.get_attribute("aria-valuetext") == "100 %"
     assert page.locator("[data-field=remaining]").inner_text() == "0"
@@ -238,6 +254,7 @@ def _pause_resume_and_finish(page, base: str, app, digest_id: int) -> None:
     page.goto(f"{base}/admin/sends")
     assert page.get_by_role("link", name=re.compile(f"#{digest_id} ")).count() == 1
     _shot(page, "11-sends")
+    return page
 
 
 def _phone(browser, page, base: str, digest_id: int) -> None:

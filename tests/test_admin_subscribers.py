@@ -447,3 +447,14 @@ def test_dashboard_shows_what_the_coming_digest_contains_and_the_last_sends(app)
     sends = html[html.index("Last sends") :]
     assert f"#{digest_id} This week" in sends
     assert re.search(r"<td>2</td><td>1</td><td>0</td>\s*<td>0</td><td>3</td>", sends)
+
+
+def test_ids_and_page_keys_beyond_32_bits_are_404_or_empty_never_500(app):
+    client = logged_in(app)
+    for url in ("/admin/subscribers/99999999999", "/admin/subscribers/99999999999999999999999",
+                "/admin/subscribers/99999999999/erase", "/admin/subscribers?before=999999999999999999",
+                "/admin/subscribers?after=99999999999", "/admin/subscribers?before=-1&after=x",
+                "/admin/audit?before=999999999999999999"):
+        assert client.get(url).status_code in (200, 404), url
+    assert post_form(client, "/admin/subscribers/99999999999/unsubscribe").status_code == 404
+    assert post_form(client, "/admin/admins/99999999999/active", {"active": "0"}).status_code == 404

@@ -32,3 +32,14 @@ def test_every_string_has_a_swedish_translation():
     missing = sorted(_extracted_msgids() - translated)
     assert not missing, f"no Swedish translation in sv/LC_MESSAGES/messages.po for: {missing}"
 
+
+
+def test_the_catalogues_parse_strictly_without_duplicates():
+    # A union merge of two branches' .po files can leave a msgid twice or without its msgstr.
+    for language in ("sv", "en"):
+        path = ROOT / f"newsletter/translations/{language}/LC_MESSAGES/messages.po"
+        with path.open("rb") as handle:
+            read_po(handle, locale=language, abort_invalid=True)
+        msgids = [line for line in path.read_text("utf-8").splitlines() if line.startswith('msgid "')]
+        duplicates = sorted({m for m in msgids if msgids.count(m) > 1} - {'msgid ""'})
+        assert not duplicates, f"{path.name} ({language}) has these msgids twice: {duplicates}"

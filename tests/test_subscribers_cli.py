@@ -15,7 +15,7 @@ from subs_helpers import confirm_links, count, nothing_stored, subscriber
 
 from newsletter import create_app, mail_queue, subscriptions
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, QueuedEmail, Subscriber
+from newsletter.models import AuditEvent, ConsentEvent, QueuedEmail, Subscriber
 
 
 def rows_of(csv_text: str) -> list[dict[str, str]]:
@@ -100,6 +100,10 @@ def test_import_of_the_fixture_reports_bad_lines_on_stderr_and_exits_3(app, runn
     assert result.stdout.startswith("9 rows (newsletter, utf-8): 4 added, 0 pending confirmed, 5 skipped")
     with app.app_context():
         assert count(Subscriber, Subscriber.status == "pending") == 4 and count(QueuedEmail) == 4
+        [entry] = db.session.execute(select(AuditEvent)).scalars().all()
+        assert (entry.action, entry.target) == ("subscribers_imported", "subscribers.csv")
+        assert entry.actor.startswith("cli")
+        assert (entry.detail["added"], entry.detail["errors"], entry.detail["layout"]) == (4, 5, "newsletter")
 
 
 def test_imported_people_get_their_confirmation_email(smtp_app, smtp_server):

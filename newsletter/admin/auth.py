@@ -94,6 +94,14 @@ def require_login():
     return None
 
 
+@bp.before_request
+def refuse_nul_bytes():
+    """A NUL in any field is never typed by a person, and PostgreSQL refuses it in text: 400."""
+    for values in (request.args, request.form):
+        if any("\x00" in key or "\x00" in value for key, value in values.items(multi=True)):
+            abort(400)
+
+
 @bp.after_request
 def admin_headers(response):
     response.headers.setdefault("Cache-Control", "no-store")
@@ -106,6 +114,12 @@ def admin_headers(response):
 
 
 # --- errors ------------------------------------------------------------------------------
+
+
+@bp.errorhandler(400)
+def bad_request(error):
+    return render_template("admin/error.html", title=_("Bad request"),
+                           message=_("The request could not be understood. Nothing was changed.")), 400
 
 
 @bp.errorhandler(403)
@@ -162,19 +176,21 @@ def _login_rate_per_address() -> str:
     return current_app.config["ADMIN_LOGIN_RATE_PER_ADDRESS"]
 
 
-_setup_logged: set[str] = set()
+_setup_logged: dict[int, float] = {}  # app id -> when a link was last logged
 
 
 def log_setup_link(app=None) -> str:
-    """Log a setup link (once per process and app) and return it."""
+    """Log a setup link (once per process and app, again when half its validity has passed)."""
+    import time
+
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     url = accounts.setup_url(accounts.make_setup_token())
-    key = f"{id(app)}"
-    if key not in _setup_logged:
-        _setup_logged.add(key)
-        hours = app.config["ADMIN_SETUP_TOKEN_MAX_AGE"] // 3600
+    max_age = app.config["ADMIN_SETUP_TOKEN_MAX_AGE"]
+    last = _setup_logged.get(id(app))
+    if last is None or time.monotonic() - last > max_age / 2:
+        _setup_logged[id(app)] = time.monotonic()
         log.warning("No admin exists yet. Create the first one at: %s  (valid %s h, or use "
-                    "`flask --app wsgi admin create EMAIL`)", url, hours)
+                    "`flask --app wsgi admin create EMAIL`)", url, max_age // 3600)
     return url
 
 

@@ -31,13 +31,17 @@ except ImportError:  # pragma: no cover
     imports = None  # type: ignore[assignment]
 
 
+MAX_ID = 2**31 - 1  # the id columns are 32-bit integers on PostgreSQL
+
+
 def _target(subscriber: Subscriber) -> str:
     return f"subscriber:{subscriber.id}"
 
 
 def _int_arg(name: str) -> int | None:
+    """A page key from the query; ids are 32-bit, so a larger one is the largest."""
     value = request.args.get(name, "")
-    return int(value) if value.isdigit() and len(value) < 19 else None
+    return min(int(value), MAX_ID) if value.isdigit() and len(value) < 30 else None
 
 
 def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
@@ -71,7 +75,7 @@ def subscribers():
                            topic_names={t.slug: t.name(locale) for t in topics})
 
 
-@bp.get("/subscribers/<int:subscriber_id>")
+@bp.get("/subscribers/<int(max=2147483647):subscriber_id>")
 @role_required("editor")
 def subscribers_detail(subscriber_id: int):
     """One subscriber: their data, topics, consent events and deliveries."""
@@ -125,7 +129,7 @@ def subscribers_new():
     return render_template("admin/subscriber_new.html", form=form), (400 if form.errors else 200)
 
 
-@bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
+@bp.post("/subscribers/<int(max=2147483647):subscriber_id>/unsubscribe")
 @role_required("editor")
 def subscribers_unsubscribe(subscriber_id: int):
     """End someone's subscription (a consent event with source "admin")."""
@@ -141,7 +145,7 @@ def subscribers_unsubscribe(subscriber_id: int):
     return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id))
 
 
-@bp.route("/subscribers/<int:subscriber_id>/erase", methods=["GET", "POST"])
+@bp.route("/subscribers/<int(max=2147483647):subscriber_id>/erase", methods=["GET", "POST"])
 @role_required("admin")
 def subscribers_erase(subscriber_id: int):
     """Erase someone and all their data, after typing their address to confirm."""

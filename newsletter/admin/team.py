@@ -54,7 +54,7 @@ def admins():
                            button=ButtonForm()), status
 
 
-@bp.post("/admins/<int:admin_id>/active")
+@bp.post("/admins/<int(max=2147483647):admin_id>/active")
 @role_required("admin")
 def admins_active(admin_id: int):
     """Deactivate (ends their sessions) or reactivate an account."""
@@ -82,7 +82,8 @@ def audit_log():
     before = request.args.get("before", "")
     action = request.args.get("action", "")
     size = current_app.config["ADMIN_PAGE_SIZE"]
-    events = audit.list_events(before_id=int(before) if before.isdigit() and len(before) < 19 else None,
+    events = audit.list_events(before_id=min(int(before), 2**31 - 1) if before.isdigit() and len(before) < 30
+                               else None,
                                limit=size + 1, action=action or None)
     more = len(events) > size
     events = events[:size]

@@ -6,6 +6,7 @@ import sys
 
 import click
 from flask.cli import AppGroup
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from .. import accounts, audit
 from ..models import ADMIN_ROLES
@@ -34,6 +35,9 @@ def create(email: str, role: str, password_stdin: bool) -> None:
         admin = accounts.create_admin(email, password, role=role)
     except accounts.AccountError as exc:
         raise click.ClickException(str(exc)) from exc
+    except (OperationalError, ProgrammingError) as exc:  # no tables yet
+        raise click.ClickException(f"the database is not ready ({exc.orig}); run "
+                                   "`flask --app wsgi db upgrade` first") from exc
     audit.record("admin_created", admin.email, actor="cli", role=role)
     click.echo(f"Created {admin.role} {admin.email}")
 

@@ -14,7 +14,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import imports, mail_queue, subscriptions
+from .. import audit, imports, mail_queue, subscriptions
 from ..extensions import db
 from ..models import SUBSCRIBER_STATES, QueuedEmail, Topic
 
@@ -58,6 +58,7 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
     except (subscriptions.SubscriberExists, IntegrityError) as exc:
         db.session.rollback()
         raise click.ClickException(f"{email.strip()} is already on the list; nothing changed") from exc
+    audit.record("subscriber_added", f"subscriber:{subscriber.id}", actor=_operator(), confirmed=confirmed)
     if confirmed:
         click.echo(f"{subscriber.email}: confirmed (consent source recorded: {command})")
         return
@@ -103,6 +104,10 @@ def import_command(path: Path, confirmed: bool, dry_run: bool, encoding: str | N
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
     except imports.ImportFailed as exc:
         raise click.ClickException(f"{path.name}: {exc}") from exc
+    if not dry_run:
+        audit.record("subscribers_imported", path.name, actor=_operator(), added=report.added,
+                     updated=report.updated, skipped=report.skipped, errors=len(report.errors),
+                     confirmed=confirmed, layout=report.layout)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for line, reason in report.errors:
@@ -130,6 +135,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
         raise click.ClickException(f"unknown topic {topic!r}")
     if path is None:
         count = subscriptions.export_subscribers_csv(sys.stdout, status=status, topic=topic)
+        _audit_export(count, status, topic, "stdout")
         click.echo(f"exported {count} subscribers", err=True)
         return
     directory = path.resolve().parent
@@ -144,4 +150,10 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _audit_export(count, status, topic, str(path))
     click.echo(f"exported {count} subscribers to {path}", err=True)
+
+
+def _audit_export(count: int, status: str | None, topic: str | None, where: str) -> None:
+    audit.record("subscribers_exported", "subscribers", actor=_operator(), rows=count, status=status or "",
+                 topic=topic or "", to=where)
