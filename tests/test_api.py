@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from api_helpers import (
@@ -13,6 +15,7 @@ from api_helpers import (
     Api,
     add_subscriber,
     audit_actions,
+    auth,
     csrf_token,
     log_in,
     make_token,
@@ -24,6 +27,8 @@ from sqlalchemy import select
 from newsletter import delivery, mail_queue
 from newsletter.extensions import db
 from newsletter.models import ApiToken, Article, AuditEvent, ConsentEvent, QueuedEmail, Subscriber
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture
@@ -138,6 +143,18 @@ def test_unknown_paths_and_methods_answer_json(client, api):
     # outside /api/ the pages keep their HTML errors
     page = client.get("/no-such-page")
     assert page.status_code == 404 and not page.is_json
+
+
+def test_an_unexpected_error_is_a_json_500_without_details(app, api):
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: the error handler answers
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    app.view_functions["api.list_digests"] = broken
+    response = api.get("/digests")
+    assert response.status_code == 500
+    assert error_of(response) == {"code": "internal_error", "message": "Something went wrong on our side."}
 
 
 BAD_SIGNUPS = [
@@ -357,6 +374,9 @@ BAD_ARTICLES = [
     ({"title": "x", "url": "https://example.org/", "topic": "sport"}, "topic"),
     ({"title": "x", "url": "https://example.org/", "published_at": "yesterday"}, "published_at"),
     ({"title": "x", "url": "https://example.org/", "published_at": "2026-11-20T10:00:00"}, "published_at"),
+    ({"title": "x", "url": "https://example.org/", "published_at": "0001-01-01T00:00:00+01:00"},
+     "published_at"),
+    ({"title": "x", "url": "https://example.org/", "published_at": "2026-02-30T10:00:00Z"}, "published_at"),
     ({"title": "x", "url": "https://example.org/", "hidden": "yes"}, "hidden"),
     ({"title": "x", "url": "https://example.org/", "id": 3}, "id"),
 ]
@@ -559,3 +579,91 @@ def test_editors_and_strangers_cannot_reach_the_token_page(app, client, token):
     revoke = client.post(f"/admin/api-tokens/{token_id}/revoke", data={"csrf_token": csrf_token(page)})
     assert revoke.status_code == 403
     assert Api(client, token).get("/digests").status_code == 200  # still works
+
+
+# --- the token page in real Chromium, and the token over real HTTP --------------------------------------
+
+
+def _http_status(url: str, token: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=auth(token))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium (see .ci/run)")
+def test_token_page_in_chromium_and_the_token_over_http(app):
+    from playwright.sync_api import expect, sync_playwright
+    from werkzeug.serving import make_server
+
+    with app.app_context():
+        if db.engine.dialect.name != "sqlite":
+            pytest.skip("the browser run covers the page; the database is covered above")
+        from newsletter import accounts
+
+        accounts.create_admin("boss@example.org", "a long test password", role="admin")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+            try:
+                page = browser.new_page(locale="sv-SE")
+                page.goto(f"{base}/admin/login?next=/admin/api-tokens")
+                page.get_by_label("E-postadress").fill("boss@example.org")
+                page.get_by_label("Lösenord").fill("a long test password")
+                page.get_by_role("button", name="Logga in").click()
+                expect(page.get_by_role("heading", name="API-nycklar")).to_be_visible()
+                page.get_by_label("Namn (vad nyckeln används till, t.ex. webbplatsen)").fill("Webbplatsen")
+                page.get_by_label("Redaktör", exact=False).check()
+                page.get_by_role("button", name="Skapa nyckel").click()
+                token = page.get_by_label("Nyckel", exact=True).input_value()
+                assert token.startswith("nlt_")
+                page.screenshot(path=str(ARTIFACTS / "admin-api-tokens-created.png"), full_page=True)
+                assert _http_status(f"{base}/api/v1/subscribers", token) == 200
+                assert _http_status(f"{base}/api/v1/subscribers/export", token) == 403  # editor
+
+                page.goto(f"{base}/admin/api-tokens?lang=en")
+                expect(page.get_by_role("cell", name="Webbplatsen", exact=True)).to_be_visible()
+                assert token not in page.content()
+                page.get_by_role("button", name="Revoke the token “Webbplatsen”").click()
+                expect(page.get_by_text("revoked", exact=True).first).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "admin-api-tokens.png"), full_page=True)
+                assert _http_status(f"{base}/api/v1/subscribers", token) == 401
+
+                phone = browser.new_page(viewport={"width": 375, "height": 740}, locale="en-GB")
+                phone.context.add_cookies(page.context.cookies())
+                phone.goto(f"{base}/admin/api-tokens")
+                phone.screenshot(path=str(ARTIFACTS / "admin-api-tokens-phone.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_draft_with_an_intro_is_previewed_and_sent(app, api):
+    from newsletter import digests
+
+    with app.app_context():
+        add_subscriber("anna@example.com")
+    push_articles(api)
+    with app.app_context():
+        draft = digests.set_intro("Välkommen till veckans brev!")  # the admin's digest page does this
+        draft_id = draft.id
+    preview = api.get("/digests/preview?lang=sv").get_json()
+    assert "Välkommen till veckans brev!" in preview["text"] and preview["article_count"] == 2
+    response = api.post("/digests")
+    assert response.status_code == 202
+    assert response.get_json()["id"] == draft_id  # the draft is sent, not a second digest
+    done = wait_for_status(api, draft_id, ("done",))
+    delivery.wait_for_sends(10)
+    assert done["progress"]["sent"] == 1
+    assert api.get("/digests").get_json()["data"][0]["id"] == draft_id

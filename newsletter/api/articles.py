@@ -45,7 +45,7 @@ def push_article():
                                                           **_service_fields(data))
     except ValueError as exc:
         raise _rejected(exc) from None
-    audit("api.article.create" if created else "api.article.update", str(article.id),
+    audit("api.article.create" if created else "api.article.update", f"article:{article.id}",
           source_id=article.source_id)
     headers = {"Location": url_for("api.get_article", article_id=article.id)}
     return jsonify(article_json(article)), 201 if created else 200, headers
@@ -77,5 +77,5 @@ def update_article(article_id: int):
         article_service.update_article(article, **_service_fields(data))
     except ValueError as exc:
         raise _rejected(exc) from None
-    audit("api.article.update", str(article.id), fields=sorted(data))
+    audit("api.article.update", f"article:{article.id}", fields=sorted(data))
     return jsonify(article_json(article))

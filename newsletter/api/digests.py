@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy import select
 
@@ -17,8 +15,6 @@ from .errors import ApiError
 from .pagination import page
 from .serialise import digest_json, progress_json
 from .validation import json_body, query_params
-
-log = logging.getLogger(__name__)
 
 DIGEST_ID = "<int(max=2147483647):digest_id>"
 RUNNING_STATES = ("sending",)
@@ -48,18 +44,18 @@ def preview_digest():
     """The coming digest as the public sees it (no personal links); 204 when nothing is new."""
     params = query_params(schemas.preview_params())
     language = params.get("lang", current_app.config["DEFAULT_LOCALE"])
-    coming = digest_service.coming_articles(utcnow())
-    rendered = digest_service.preview_coming(language, utcnow()) if coming else None
-    if rendered is None:
+    coming = digest_service.coming_digest(utcnow())  # the draft (with its intro) and what came since
+    if coming is None:
         return "", 204
-    subject, text, html = rendered
-    return jsonify(language=language, subject=subject, text=text, html=html, article_count=len(coming))
+    subject, text, html = digest_service.DigestRenderer(coming).render_public(language)
+    return jsonify(language=language, subject=subject, text=text, html=html,
+                   article_count=len(coming.articles))
 
 
 @bp.post("/digests")
 def trigger_digest():
-    """Compile the coming digest and send it now: 202 with the digest, 204 when nothing is new,
-    409 while another send is running."""
+    """Send the coming digest now (the draft brought up to date, or a new one): 202 with the
+    digest, 204 when nothing is new, 409 while another send is running."""
     query_params([])
     data = json_body(schemas.digest_trigger()) if request.get_data(cache=True) else {}
     running = db.session.execute(
@@ -67,11 +63,15 @@ def trigger_digest():
     if running is not None:
         raise ApiError(409, "send_running", f"Digest {running} is being sent; wait for it, or pause or "
                                             "cancel it first.")
-    digest = digest_service.compile_digest(utcnow(), intro=data.get("intro", ""))
+    now = utcnow()
+    if "intro" in data:
+        digest_service.set_intro(data["intro"], now)  # on the draft, as the admin's digest page does
+    digest = digest_service.prepare_digest(now)
     if digest is None:
         return "", 204
-    delivery.start_send(digest.id)  # recipients pinned now, so the answer has their number
-    audit("api.digest.send", str(digest.id), recipients=digest.recipient_count)
+    recipients = delivery.start_send(digest.id)  # pinned now, so the answer has their number
+    audit("api.digest.send", f"digest:{digest.id}", recipients=recipients,
+          approval_required=current_app.config["DIGEST_REQUIRE_APPROVAL"])
     delivery.launch_send(digest.id)
     db.session.refresh(digest)
     headers = {"Location": url_for("api.get_digest", digest_id=digest.id)}
@@ -96,6 +96,6 @@ def control_digest(digest_id: int, action: str):
         db.session.rollback()
         raise ApiError(409, "invalid_state", f"Cannot {action} a digest that is {digest.status}: {exc}"
                        ) from None
-    audit(f"api.digest.{action}", str(digest_id))
+    audit(f"api.digest.{action}", f"digest:{digest_id}")
     db.session.refresh(digest)
     return jsonify(_detail(digest))

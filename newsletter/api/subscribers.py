@@ -49,7 +49,9 @@ def create_subscriber():
             user_agent=request.user_agent.string or "")
     except subscriptions.InvalidInput as exc:
         raise _invalid_input(exc) from None
-    audit("api.subscriber.signup", subscriptions.email_hash(subscriptions.normalise_email(data["email"])))
+    # Named by the address's hash, never the address: the audit log outlives an erasure.
+    audit("api.subscriber.signup",
+          "email-sha256:" + subscriptions.email_hash(subscriptions.normalise_email(data["email"]))[:32])
     return jsonify(status="accepted", message=ACCEPTED_MESSAGE), 202
 
 
@@ -100,7 +102,7 @@ def update_subscriber(uid: str):
                                          user_agent=request.user_agent.string or "")
     except subscriptions.InvalidInput as exc:
         raise _invalid_input(exc) from None
-    audit("api.subscriber.preferences", subscriber.uid, **data)
+    audit("api.subscriber.preferences", f"subscriber:{subscriber.id}", **data)
     return jsonify(subscriber_json(subscriber))
 
 
@@ -110,6 +112,7 @@ def erase_subscriber(uid: str):
     """Erase the person and their data (admin role only); the ledger keeps an anonymous trace."""
     query_params([])
     subscriber = _subscriber_or_404(uid)
+    target = f"subscriber:{subscriber.id}"
     subscriptions.erase_subscriber(subscriber, source="api")
-    audit("api.subscriber.erase", uid)
+    audit("api.subscriber.erase", target)
     return "", 204

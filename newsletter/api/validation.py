@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import request
 
@@ -77,8 +77,8 @@ def _validate_string(value: str, schema: dict, field: str) -> None:
         if not RFC3339.fullmatch(value):
             raise invalid(field, "not an RFC 3339 date-time (e.g. 2026-11-23T07:00:00+01:00)")
         try:
-            datetime.fromisoformat(value.upper())
-        except ValueError as exc:
+            datetime.fromisoformat(value.upper()).astimezone(UTC)
+        except (ValueError, OverflowError) as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise invalid(field, "not a valid date or time") from exc
 
 
