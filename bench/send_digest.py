@@ -764,7 +764,7 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true")
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--articles", type=int, default=12)
-    parser.add_argument("--summary-words", type=int, default=70)
+    parser.add_argument("--summary-words", type=int, default=25)
     parser.add_argument("--profile", action="store_true", help="run the send under cProfile (parent process)")
     parser.add_argument("--env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
                         metavar="KEY=VALUE",
