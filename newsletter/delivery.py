@@ -9,8 +9,11 @@ views, CLI, scheduler and tasks call.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from datetime import timedelta
 
+from flask import current_app
 from sqlalchemy import func, insert, select
 
 from . import tokens
@@ -141,19 +144,103 @@ def pause_send(digest_id: int) -> Digest:
 
 
 def resume_send(digest_id: int) -> Digest:
-    return set_send_status(digest_id, "sending")
+    """Back to "sending", and the send is launched again (in the background)."""
+    digest = set_send_status(digest_id, "sending")
+    launch_send(digest_id)
+    return digest
 
 
 def cancel_send(digest_id: int) -> Digest:
     return set_send_status(digest_id, "cancelled")
 
 
-def send_progress(digest_id: int) -> dict[str, int]:
-    """Counts of the digest's deliveries by state, plus `total`."""
+PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
+RATE_WINDOW_SECONDS = 10
+
+
+def send_progress(digest_id: int) -> dict:
+    """Counts of the digest's deliveries by state, `total`, and the send's status, rate
+    (messages a second: over the last RATE_WINDOW_SECONDS while sending, else on average),
+    eta_seconds (None when unknown), started_at and finished_at (ISO 8601 or None)."""
     rows = db.session.execute(
         select(Delivery.state, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.state)
     ).all()
-    counts = {state: 0 for state in ("queued", "sending", "sent", "failed", "bounced", "skipped")}
-    counts.update({state: n for state, n in rows})
-    counts["total"] = sum(n for _, n in rows)
-    return counts
+    progress: dict = {state: 0 for state in PROGRESS_STATES}
+    progress.update({state: n for state, n in rows})
+    progress["total"] = sum(n for _, n in rows)
+    digest = db.session.get(Digest, digest_id)
+    status = digest.status if digest is not None else "missing"
+    started = digest.started_at if digest is not None else None
+    finished = digest.finished_at if digest is not None else None
+    rate = 0.0
+    if started is not None and status == "sending":
+        since = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
+        recent = db.session.execute(
+            select(func.count()).select_from(Delivery)
+            .where(Delivery.digest_id == digest_id, Delivery.state == "sent", Delivery.sent_at >= since)
+        ).scalar_one()
+        window = min(RATE_WINDOW_SECONDS, max((utcnow() - started).total_seconds(), 0.001))
+        rate = recent / window
+    elif started is not None and progress["sent"]:
+        elapsed = ((finished or utcnow()) - started).total_seconds()
+        rate = progress["sent"] / elapsed if elapsed > 0 else 0.0
+    remaining = progress["queued"] + progress["sending"]
+    eta = None
+    if status in ("done", "cancelled"):
+        eta = 0 if status == "done" else None
+    elif remaining == 0 and started is not None:
+        eta = 0
+    elif rate > 0:
+        eta = int(round(remaining / rate))
+    progress.update(
+        status=status,
+        rate=round(rate, 1),
+        eta_seconds=eta,
+        started_at=started.isoformat() if started else None,
+        finished_at=finished.isoformat() if finished else None,
+    )
+    return progress
+
+
+# --- launching in the background -------------------------------------------------------
+
+_running: dict[tuple[int, int], threading.Thread] = {}
+_running_lock = threading.Lock()
+
+
+def launch_send(digest_id: int) -> None:
+    """Start (or resume) the send in the background and return at once: a Celery task when
+    BROKER_URL is set, else a thread of this process (one per digest at a time)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if app.config.get("BROKER_URL"):
+        from . import tasks
+
+        tasks.launch(digest_id)
+        return
+    key = (id(app), digest_id)
+    with _running_lock:
+        thread = _running.get(key)
+        if thread is not None and thread.is_alive():
+            return  # already sending here: it obeys the status, and picks up what is queued
+        thread = threading.Thread(target=_send_in_thread, args=(app, digest_id),
+                                  name=f"send-digest-{digest_id}", daemon=True)
+        _running[key] = thread
+        thread.start()
+
+
+def _send_in_thread(app, digest_id: int) -> None:
+    with app.app_context():
+        try:
+            send_digest(digest_id)
+        except Exception:  # noqa: BLE001  (a background send must log, not vanish)
+            log.exception("background send of digest %s failed", digest_id)
+        finally:
+            db.session.remove()
+
+
+def wait_for_sends(timeout: float | None = None) -> None:
+    """Wait for this process's background sends to end (tests, shutdown)."""
+    with _running_lock:
+        threads = list(_running.values())
+    for thread in threads:
+        thread.join(timeout)

@@ -46,7 +46,23 @@ def test_paused_send_stops_and_resumes_without_duplicates(smtp_app, smtp_server)
         delivery.start_send(digest_id)
         delivery.pause_send(digest_id)
         assert delivery.send_digest(digest_id, message_for=_factory())["sent"] == 0
-        delivery.resume_send(digest_id)
+        delivery.set_send_status(digest_id, "sending")  # resume_send would also launch a sender
         assert delivery.send_digest(digest_id, message_for=_factory())["sent"] == 6
         assert db.session.execute(db.select(db.func.count()).select_from(Delivery)).scalar_one() == 6
     assert len(smtp_server.messages()) == 6
+
+
+def test_launch_send_returns_at_once_and_progress_reports(smtp_app, smtp_server):
+    with smtp_app.app_context():
+        digest_id = _seed(5)
+        delivery.start_send(digest_id)
+        delivery.pause_send(digest_id)
+        progress = delivery.send_progress(digest_id)
+        assert progress["status"] == "paused" and progress["queued"] == 5 and progress["total"] == 5
+        assert progress["started_at"] and progress["finished_at"] is None
+        delivery.resume_send(digest_id)  # relaunches in a background thread
+        delivery.wait_for_sends(timeout=30)
+        progress = delivery.send_progress(digest_id)
+        assert progress["status"] == "done" and progress["eta_seconds"] == 0 and progress["finished_at"]
+        assert set(progress) >= {"queued", "sending", "sent", "failed", "bounced", "skipped", "total",
+                                 "status", "rate", "eta_seconds", "started_at", "finished_at"}
