@@ -80,6 +80,7 @@ class Phase:
         self.base = base
         self.count = 0
         self.first: float | None = None
+        self.first_wall: float | None = None  # time.time() of the first message
         self.last: float | None = None
 
 
@@ -143,6 +144,7 @@ class Sink:
             if phase is not None and count > phase.base:
                 if phase.first is None:
                     phase.first = now
+                    phase.first_wall = time.time()
                 phase.last = now
                 phase.count = count - phase.base
 
@@ -167,6 +169,10 @@ class Sink:
         with self._lock:
             self.phase = None
         return phase
+
+    def cpu_seconds(self) -> float:
+        stat = _stat(self.process.pid)
+        return stat[2] / TICKS if stat else 0.0
 
     def close(self) -> None:
         try:
@@ -236,6 +242,29 @@ def _pss(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # without guest time, which is counted in user already
+    return (total - idle) / TICKS, total / TICKS
+
+
+def wait_for_quiet(limit: float, busy_max: float = 0.25) -> float:
+    """Wait up to `limit` s until the machine is mostly idle (other benchmarks, test suites);
+    returns the busy fraction of the last second."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy0, total0 = _cpu_times()
+        time.sleep(1)
+        busy1, total1 = _cpu_times()
+        busy = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        if busy <= busy_max or time.monotonic() >= deadline:
+            return round(busy, 2)
+        log(f"machine busy ({busy:.0%} of all CPUs): waiting for quiet")
 
 
 class TreeSampler(threading.Thread):
@@ -452,10 +481,11 @@ def run_send(sink: Sink, db_url: str, instance: Path, n: int, extra_env: dict, p
         **extra_env,
     }
     command = [sys.executable]
-    if profile:
-        command += ["-m", "cProfile", "-o", str(profile)]
+    if profile:  # CPU time in every thread of the sending process (bench/cpu_profile.py)
+        command += [str(ROOT / "bench" / "cpu_profile.py"), str(profile)]
     command += ["-m", "flask", "--app", "wsgi", "digest", "send"]
     phase = sink.start_phase()
+    machine0, sink0 = _cpu_times(), sink.cpu_seconds()
     with open(logfile, "wb") as out:
         started = time.monotonic()
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -466,15 +496,20 @@ def run_send(sink: Sink, db_url: str, instance: Path, n: int, extra_env: dict, p
         process.returncode = os.waitstatus_to_exitcode(status)
         sampler.stop()
     phase = sink.end_phase(expected=n)
+    machine1, sink1 = _cpu_times(), sink.cpu_seconds()
     count = phase.count
     window = (phase.last - phase.first) if phase.first and phase.last and count > 1 else None
     cpu = usage.ru_utime + usage.ru_stime
+    busy = machine1[0] - machine0[0]
+    elapsed = machine1[1] - machine0[1]  # CPU seconds available on all cores in the window
+    others = busy - cpu - (sink1 - sink0) - sampler.postgres_seconds()
     return {
         "command": " ".join(command[1:] if not profile else command[1:]),
         "exit_code": process.returncode,
         "sink_count": count,
         "wall_s": round(ended - started, 3),
         "first_message_s": round(phase.first - started, 3) if phase.first else None,
+        "first_message_wall": phase.first_wall,
         "last_message_s": round(phase.last - started, 3) if phase.last else None,
         # first to last message at the sink: the steady sending rate
         "sink_rate": round((count - 1) / window, 1) if window else None,
@@ -486,6 +521,11 @@ def run_send(sink: Sink, db_url: str, instance: Path, n: int, extra_env: dict, p
         "cpu_s_per_1000": round(cpu / count * 1000, 3) if count else None,
         "cpu_s_sampled": round(sum(sampler.tree_cpu.values()) / TICKS, 2),
         "postgres_cpu_s": round(sampler.postgres_seconds(), 2),
+        "sink_cpu_s": round(sink1 - sink0, 2),
+        # CPU that other processes on the machine used meanwhile (tests of other branches...),
+        # in cores on average: a noisy neighbour makes every figure here worse.
+        "other_load_cores": round(max(others, 0) / (ended - started), 2),
+        "machine_busy_fraction": round(busy / max(elapsed, 1e-9), 2),
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "peak_pss_mb": round(sampler.peak_pss / 2**20, 1),
         "max_rss_single_mb": round(usage.ru_maxrss / 1024, 1),
@@ -508,7 +548,9 @@ def ledger(app) -> dict:
             return {"digest": None}
         counts = delivery.send_progress(digest.id)
         return {"digest": digest.id, "status": digest.status,
-                **{k: v for k, v in counts.items() if isinstance(v, int | float | str | type(None))}}
+                **{k: v for k, v in counts.items() if isinstance(v, int | float | str | type(None))},
+                "compiled_ts": digest.created_at.timestamp(),
+                "pinned_ts": digest.started_at.timestamp() if digest.started_at else None}
 
 
 def message_size(app, sample: int = 200) -> dict:
@@ -637,12 +679,19 @@ def run_one(args, n: int, sink: Sink) -> dict:
         app = make_app(database.url, instance)
         log(f"{args.db} N={n}: seeding {database.name}")
         seeded = seed(app, n, args.articles, args.summary_words)
+        quiet = wait_for_quiet(args.wait_quiet) if args.wait_quiet else None
         log(f"seeded in {seeded['seconds']} s; running `flask --app wsgi digest send`")
         profile = RESULTS / f"{stamp}-{args.db}-{n}.prof" if args.profile else None
         send = run_send(sink, database.url, instance, n, dict(args.env), profile,
                         RESULTS / f"{stamp}-{args.db}-{n}.log")
         log(f"sent: {send['sink_count']} at the sink in {send['wall_s']} s (exit {send['exit_code']})")
         book = ledger(app)
+        first = send["first_message_wall"]
+        if first and book.get("compiled_ts"):
+            # from the digest being compiled (after the app started) to the first message
+            send["first_message_after_compile_s"] = round(first - book["compiled_ts"], 3)
+            if book.get("pinned_ts"):
+                send["first_message_after_pinning_s"] = round(first - book["pinned_ts"], 3)
         size = message_size(app)
         ceiling = {"skipped": "--no-ceiling"} if args.no_ceiling else run_ceiling(
             sink, n, size["avg_bytes"], args.sessions)
@@ -666,6 +715,7 @@ def run_one(args, n: int, sink: Sink) -> dict:
         "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                     "cpu": _cpu_model(), "python": platform.python_version()},
         "git": git_state(), "env": dict(args.env), "argv": sys.argv[1:],
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3], "busy_before_send": quiet,
         "seed": seeded, "message": size, "send": send, "ledger": book, "ceiling": ceiling, "naive": naive,
     }
     result["targets"] = judge(result)
@@ -726,12 +776,16 @@ def report(result: dict) -> None:
     print(f"message: {size['avg_bytes']:,} bytes average, {size['articles']} articles")
     print(f"digest send: {send['sink_count']:,} messages at the sink, exit {send['exit_code']}, "
           f"ledger {result['ledger']}")
-    print(f"  wall {send['wall_s']} s; first message after {send['first_message_s']} s; "
+    print(f"  wall {send['wall_s']} s; first message after {send['first_message_s']} s "
+          f"({send.get('first_message_after_compile_s')} s after the digest was compiled, "
+          f"{send.get('first_message_after_pinning_s')} s after the recipients were pinned); "
           f"last after {send['last_message_s']} s")
     print(f"  rate at the sink {send['sink_rate']} msg/s (first to last); "
           f"end to end {send['end_to_end_rate']} msg/s")
     print(f"  CPU {send['cpu_s']} s ({send['cpu_user_s']} user + {send['cpu_sys_s']} sys) = "
           f"{send['cpu_s_per_1000']} s per 1,000; PostgreSQL backends {send['postgres_cpu_s']} s")
+    print(f"  sink CPU {send['sink_cpu_s']} s; other processes on the machine used "
+          f"{send['other_load_cores']} cores meanwhile (machine {send['machine_busy_fraction']:.0%} busy)")
     print(f"  peak RSS {send['peak_rss_mb']} MB summed over up to {send['peak_processes']} processes "
           f"(PSS {send['peak_pss_mb']} MB; largest single process {send['max_rss_single_mb']} MB)")
     if ceiling.get("rate"):
@@ -765,10 +819,13 @@ def main() -> int:
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--articles", type=int, default=12)
     parser.add_argument("--summary-words", type=int, default=25)
-    parser.add_argument("--profile", action="store_true", help="run the send under cProfile (parent process)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the send under cProfile, CPU time of every thread (not child processes)")
     parser.add_argument("--env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
                         metavar="KEY=VALUE",
                         help="extra environment for `digest send` (e.g. SEND_CONNECTIONS=8)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each send, wait up to this long for the machine to be mostly idle")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (SQLite database, logs)")
     args = parser.parse_args()
     sizes = [int(x.replace("_", "")) for x in args.n.split(",")]
