@@ -8,6 +8,8 @@ row-based variant lookup against the ORM one.
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -108,3 +110,80 @@ def test_variant_for_rows_agrees_with_variant_for_subscribers(app):
         assert renderer.variant_for("en", [3]) is None  # follows only a topic with nothing new
         assert renderer.variant_for("de", []) == ("sv", frozenset({1, 2, None}))
         assert renderer.variant_for("en", [1]) == ("en", frozenset({1, None}))
+
+
+class _PipeliningServer:
+    """A tiny SMTP server that offers PIPELINING, refuses RCPT to slow*@ with 451 (and then
+    DATA with 554, as RFC 2920 says), and keeps what it receives; one connection at a time."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.messages: list[tuple[str, bytes]] = []
+        self.reads = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            conn, _ = self.sock.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 test\r\n")
+            rcpt, ok = "", False
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-test\r\n250 PIPELINING\r\n")
+                elif verb == b"MAIL":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    rcpt = line[9:].strip().strip(b"<>").decode()
+                    ok = not rcpt.startswith("slow")
+                    conn.sendall(b"250 ok\r\n" if ok else b"451 4.7.1 later\r\n")
+                elif verb == b"DATA":
+                    if not ok:
+                        conn.sendall(b"554 no valid recipients\r\n")
+                        continue
+                    conn.sendall(b"354 go\r\n")
+                    body = []
+                    for data in lines:
+                        if data == b".\r\n":
+                            break
+                        body.append(data[1:] if data.startswith(b".") else data)
+                    self.messages.append((rcpt, b"".join(body)))
+                    conn.sendall(b"250 queued\r\n")
+                elif verb == b"RSET":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+
+
+def test_send_one_pipelines_and_reports_each_reply():
+    server = _PipeliningServer()
+    conn = mail.FastSMTP("127.0.0.1", server.port)
+    try:
+        conn.ehlo()
+        assert conn.has_extn("pipelining")
+        message = b"Subject: x\r\n\r\n.dot\r\nbody\r\n"
+        replies = conn.send_one("bounce@example.com", "reader@example.com", message)
+        assert [code for code, _ in replies] == [250, 250, 250]
+        refused = conn.send_one("bounce@example.com", "slow@example.com", message)
+        assert [code for code, _ in refused] == [250, 451, 554]
+        conn.rset()
+        assert conn.send_one("bounce@example.com", "other@example.com", message)[2][0] == 250
+    finally:
+        conn.quit()
+    assert server.messages == [("reader@example.com", message), ("other@example.com", message)]
+
+
+def test_send_one_without_pipelining_stops_at_the_first_refusal(smtp_server):
+    smtp_server.handler.faults = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("gone") else None
+    conn = mail.FastSMTP("127.0.0.1", smtp_server.port)
+    try:
+        conn.ehlo()
+        assert [c for c, _ in conn.send_one("b@example.com", "gone@example.com", b"x\r\n")] == [250, 550]
+        conn.rset()
+        assert [c for c, _ in conn.send_one("b@example.com", "here@example.com", b"x\r\n")] == [250, 250, 250]
+    finally:
+        conn.quit()
+    assert [rcpts for _, rcpts, _ in smtp_server.handler.messages] == [["here@example.com"]]
