@@ -86,6 +86,19 @@ class Config:
     SEND_MAX_ATTEMPTS: int = _int("SEND_MAX_ATTEMPTS", 5)
     SEND_MAX_ERROR_RATE: float = _float("SEND_MAX_ERROR_RATE", 0.2)
     SEND_WINDOW: str = _env("SEND_WINDOW")  # e.g. "07:00-21:00" in TIMEZONE; empty = any time
+    # --- delivery (issue 4): the send engine; see newsletter/delivery.py
+    # Sending processes (forked, each with its share of SEND_CONNECTIONS); 0 = one per CPU
+    # for large sends, 1 = only the process that sends.
+    SEND_PROCESSES: int = _int("SEND_PROCESSES", 0)
+    # Messages per connection that may be out without the ledger knowing: the most that a
+    # kill -9 can duplicate is SEND_INFLIGHT x SEND_CONNECTIONS (a clean stop duplicates none).
+    SEND_INFLIGHT: int = _int("SEND_INFLIGHT", 20)
+    SEND_RETRY_SECONDS: float = _float("SEND_RETRY_SECONDS", 60)  # back-off: x2 per attempt
+    SEND_RETRY_MAX_SECONDS: float = _float("SEND_RETRY_MAX_SECONDS", 3600)
+    SEND_ERROR_WINDOW: int = _int("SEND_ERROR_WINDOW", 200)  # SEND_MAX_ERROR_RATE of the last N
+    SEND_POLL_SECONDS: float = _float("SEND_POLL_SECONDS", 0.5)  # how soon pause/cancel is obeyed
+    # Claims of a sender on another host that show no change for this long are taken over.
+    SEND_CLAIM_TIMEOUT: int = _int("SEND_CLAIM_TIMEOUT", 600)
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
@@ -119,5 +132,6 @@ class TestConfig(Config):
     MAIL_QUEUE_THREAD = False
     FEED_URLS: list[str] = []
     BROKER_URL = ""
+    SEND_PROCESSES = 1  # delivery: tests fork only where they say so
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False

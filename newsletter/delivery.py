@@ -1,30 +1,85 @@
-"""The send pipeline: a per-recipient ledger (Delivery rows), then sending from it.
+"""The send pipeline: a per-recipient ledger (Delivery rows), then sending from it, fast.
 
-This is the first, sequential version: correct (pinned recipients, one row per
-(digest, subscriber), state committed per batch, pause/cancel obeyed between
-batches), not yet fast. The function signatures here are the interface that
-views, CLI, scheduler and tasks call.
+The ledger
+    `start_send` pins the recipients (confirmed at that moment) as one queued Delivery row
+    each, unique per (digest, subscriber). The digest is a status machine:
+    draft/approved/scheduled -> sending -> paused <-> sending, -> cancelled, -> done.
+
+Claims (what makes it exactly once)
+    A worker *reserves* a batch of due queued rows with one UPDATE that sets
+    `claimed_by` to a token naming the host, process and a random part (PostgreSQL picks
+    the rows with FOR UPDATE SKIP LOCKED, SQLite serialises writers). Reserved rows are
+    still "queued": nothing of them has been sent. Just before a connection sends the next
+    SEND_INFLIGHT of them, one UPDATE marks those "sending"; after them, one UPDATE (in the
+    same transaction as the next "sending" mark) records the results. So at any moment a
+    connection has at most SEND_INFLIGHT messages that may have gone out without the ledger
+    knowing: after a `kill -9` these are the only possible duplicates, and the bound is
+    SEND_INFLIGHT x SEND_CONNECTIONS. A clean stop (pause, cancel, SIGTERM, SIGINT) finishes
+    the message being sent, records it and hands every unsent row back: no duplicates.
+
+Recovery
+    Rows claimed by a process that is gone (same host: its pid is dead or is another
+    process now; another host: no change for SEND_CLAIM_TIMEOUT seconds) are handed back:
+    "sending" ones are sent again (the in-flight bound), reserved ones simply become free.
+    This runs at every `send_digest` (so `digest send`, the scheduler's housekeeping, a
+    Celery worker starting) and while a send waits for rows others hold.
+
+Replies
+    4xx, 421 and a dropped connection: the row goes back to the queue with an exponential
+    back-off (SEND_RETRY_SECONDS x 2^(attempts-1), at most SEND_RETRY_MAX_SECONDS) and is
+    tried again on a new connection, up to SEND_MAX_ATTEMPTS, then "failed". 5xx: the row is
+    "bounced", the subscriber too (with a consent event, source "system"): never retried,
+    and left out of later sends. More than SEND_MAX_ERROR_RATE errors among the last
+    SEND_ERROR_WINDOW replies pauses the send and tells the admins.
+
+Speed
+    Each variant is rendered once (DigestRenderer); per recipient only the prepared bytes
+    get their slots filled. Recipients are read a batch at a time. SEND_CONNECTIONS SMTP
+    connections, each reused, are spread over SEND_PROCESSES processes (forked; 0 = one per
+    CPU for large sends), each sending from its own threads; SEND_RATE is a token bucket
+    shared by them (split per process).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import secrets
+import signal
+import socket
 import threading
-from collections.abc import Callable
-from datetime import timedelta
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from flask import current_app
-from sqlalchemy import func, insert, select
+from flask import Flask, current_app
+from sqlalchemy import func, insert, or_, select, update
 
 from . import tokens
 from .extensions import db
 from .mail import MailError, PreparedMessage, envelope_sender, smtp_address, transport_from_url
-from .models import Delivery, Digest, Subscriber, utcnow
+from .models import ConsentEvent, Delivery, Digest, Subscriber, utcnow
+from .ratelimit import TokenBucket
+from .sqlite_tuning import install as _tune_sqlite
 
 log = logging.getLogger(__name__)
+_tune_sqlite()
 
 # Given a subscriber, the prepared message they get, or None when nothing in it is for them.
 MessageFactory = Callable[[Subscriber], "PreparedMessage | None"]
+
+PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
+OPEN_STATES = ("queued", "sending")  # not finished yet
+RATE_WINDOW_SECONDS = 10
+AUTO_PROCESSES_MIN = 4000  # SEND_PROCESSES=0 forks extra processes only for sends this large
+
+
+class SendStopped(SystemExit):  # noqa: N818  (an exit, like SystemExit)
+    """The process was asked to stop (SIGTERM/SIGINT): the send was left cleanly, resumable."""
 
 
 def personal_values(subscriber: Subscriber) -> dict[str, str]:
@@ -36,6 +91,9 @@ def personal_values(subscriber: Subscriber) -> dict[str, str]:
     }
 
 
+# --- the ledger -------------------------------------------------------------------------
+
+
 def start_send(digest_id: int) -> int:
     """Pin the recipients (confirmed now) as queued Delivery rows; idempotent. Returns the count."""
     digest = db.session.get(Digest, digest_id)
@@ -44,19 +102,28 @@ def start_send(digest_id: int) -> int:
     if digest.started_at is None:
         if digest.status in ("cancelled", "done"):
             raise ValueError(f"digest {digest_id} is {digest.status}")
-        db.session.execute(
-            insert(Delivery).from_select(
-                ["digest_id", "subscriber_id", "state"],
-                select(db.literal(digest_id), Subscriber.id, db.literal("queued"))
-                .where(Subscriber.status == "confirmed"),
+        # Lock the digest row first, so two processes starting together pin once.
+        taken = db.session.execute(
+            update(Digest).where(Digest.id == digest_id, Digest.started_at.is_(None))
+            .values(started_at=utcnow(), status="sending")
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken:
+            db.session.execute(
+                insert(Delivery).from_select(
+                    ["digest_id", "subscriber_id", "state", "attempts", "last_reply"],
+                    select(db.literal(digest_id), Subscriber.id, db.literal("queued"), db.literal(0),
+                           db.literal(""))
+                    .where(Subscriber.status == "confirmed").order_by(Subscriber.id),
+                )
             )
-        )
-        digest.started_at = utcnow()
-        digest.status = "sending"
-        digest.recipient_count = db.session.execute(
-            select(func.count()).select_from(Delivery).where(Delivery.digest_id == digest_id)
-        ).scalar_one()
+            db.session.execute(
+                update(Digest).where(Digest.id == digest_id).values(recipient_count=select(
+                    func.count()).select_from(Delivery).where(Delivery.digest_id == digest_id)
+                    .scalar_subquery())
+            )
         db.session.commit()
+        db.session.refresh(digest)
     return digest.recipient_count
 
 
@@ -66,62 +133,526 @@ def _default_factory(digest: Digest) -> MessageFactory:
     return DigestRenderer(digest).message_for
 
 
-def send_digest(digest_id: int, message_for: MessageFactory | None = None,
-                batch_size: int = 200) -> dict[str, int]:
-    """Send every queued delivery of the digest, batch by batch; returns the progress counts."""
-    start_send(digest_id)
-    digest = db.session.get(Digest, digest_id)
-    if digest.status != "sending":  # paused, cancelled or done: nothing to do now
-        return send_progress(digest_id)
-    message_for = message_for or _default_factory(digest)
-    transport = transport_from_url()
-    sender = envelope_sender()
-    try:
-        while True:
-            db.session.refresh(digest)
-            if digest.status != "sending":  # paused or cancelled: the worker obeys
-                break
-            batch = db.session.execute(
-                select(Delivery, Subscriber)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.digest_id == digest_id, Delivery.state == "queued")
-                .order_by(Delivery.id)
-                .limit(batch_size)
-            ).all()
-            if not batch:
-                digest.status = "done"
-                digest.finished_at = utcnow()
-                db.session.commit()
-                break
-            for delivery, subscriber in batch:
-                _send_one(transport, sender, delivery, subscriber, message_for)
-            db.session.commit()
-    finally:
-        transport.close()
-    return send_progress(digest_id)
+# --- claim owners and stale claims --------------------------------------------------------
+
+_HOST = socket.gethostname()[:24]
 
 
-def _send_one(transport, sender: str, delivery: Delivery, subscriber: Subscriber,
-              message_for: MessageFactory) -> None:
-    delivery.attempts += 1
-    if subscriber.status != "confirmed":  # unsubscribed or bounced since the send started
-        delivery.state = "skipped"
-        return
-    prepared = message_for(subscriber)
-    if prepared is None:
-        delivery.state = "skipped"
+def _process_start(pid: int) -> str:
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return "0"
+
+
+def process_owner() -> str:
+    """host:pid:start of this process; a claim token adds a random part."""
+    pid = os.getpid()
+    return f"{_HOST}:{pid}:{_process_start(pid)}"
+
+
+def _claim_token() -> str:
+    return f"{process_owner()}:{secrets.token_hex(4)}"
+
+
+def _owner_alive(token: str) -> bool | None:
+    """True/False for a claim of a process on this host; None when it is another host's."""
+    host, _, rest = token.partition(":")
+    pid_text, _, rest = rest.partition(":")
+    start = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start in ("0", _process_start(pid))
+
+
+def recover_stale(digest_id: int | None = None) -> int:
+    """Hand back the claims of processes that are gone; returns how many rows were freed.
+
+    "sending" rows of a dead claim may have been sent (they were in flight): they are
+    sent again. Reserved ("queued") rows were not: they are just freed.
+    """
+    timeout = timedelta(seconds=current_app.config["SEND_CLAIM_TIMEOUT"])
+    open_rows = [Delivery.claimed_by.is_not(None), Delivery.state.in_(OPEN_STATES)]
+    if digest_id is not None:
+        open_rows.append(Delivery.digest_id == digest_id)
+    with db.engine.connect() as conn:
+        owners = conn.execute(
+            select(Delivery.claimed_by, func.max(Delivery.updated_at)).where(*open_rows)
+            .group_by(Delivery.claimed_by)
+        ).all()
+    dead = []
+    now = utcnow()
+    for token, last_change in owners:
+        alive = _owner_alive(token)
+        if alive is False or (alive is None and last_change is not None
+                              and _aware(last_change) < now - timeout):
+            dead.append(token)
+    freed = 0
+    for start in range(0, len(dead), 200):
+        with db.engine.begin() as conn:
+            freed += conn.execute(
+                update(Delivery).where(Delivery.claimed_by.in_(dead[start:start + 200]), *open_rows)
+                .values(state="queued", claimed_by=None, updated_at=now)
+            ).rowcount
+    if freed:
+        log.warning("took back %d deliveries claimed by %d stopped senders", freed, len(dead))
+    return freed
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def resume_interrupted() -> list[int]:
+    """Recover stale claims of every unfinished send; returns the ids of sends still "sending"."""
+    recover_stale()
+    return list(db.session.execute(
+        select(Digest.id).where(Digest.status == "sending").order_by(Digest.id)).scalars())
+
+
+# --- settings of one send -------------------------------------------------------------------
+
+
+@dataclass
+class SendSettings:
+    connections: int
+    processes: int
+    rate: float
+    batch_size: int
+    inflight: int
+    max_attempts: int
+    retry_seconds: float
+    retry_max_seconds: float
+    error_rate: float
+    error_window: int
+    poll_seconds: float
+    window: tuple[int, int] | None
+    timezone: ZoneInfo
+
+    @classmethod
+    def from_config(cls, config, queued: int = 0, custom_factory: bool = False) -> SendSettings:
+        connections = max(1, int(config["SEND_CONNECTIONS"]))
+        processes = int(config.get("SEND_PROCESSES", 1))
+        if processes <= 0:  # auto: one per CPU, for large sends only
+            processes = (os.cpu_count() or 1) if queued >= AUTO_PROCESSES_MIN else 1
+        if custom_factory or not hasattr(os, "fork"):
+            processes = 1  # a factory given by the caller cannot cross into a child process
+        processes = max(1, min(processes, connections))
+        return cls(
+            connections=connections,
+            processes=processes,
+            rate=float(config["SEND_RATE"] or 0),
+            batch_size=max(1, int(config["SEND_BATCH_SIZE"])),
+            inflight=max(1, int(config["SEND_INFLIGHT"])),
+            max_attempts=max(1, int(config["SEND_MAX_ATTEMPTS"])),
+            retry_seconds=float(config["SEND_RETRY_SECONDS"]),
+            retry_max_seconds=float(config["SEND_RETRY_MAX_SECONDS"]),
+            error_rate=float(config["SEND_MAX_ERROR_RATE"]),
+            error_window=max(1, int(config["SEND_ERROR_WINDOW"])),
+            poll_seconds=float(config["SEND_POLL_SECONDS"]),
+            window=parse_window(config.get("SEND_WINDOW", "")),
+            timezone=ZoneInfo(config["TIMEZONE"]),
+        )
+
+    def backoff(self, attempts: int) -> timedelta:
+        return timedelta(seconds=min(self.retry_seconds * 2 ** max(attempts - 1, 0), self.retry_max_seconds))
+
+
+def parse_window(text: str) -> tuple[int, int] | None:
+    """"07:00-21:00" -> (420, 1260) minutes of the day; empty -> None. May wrap midnight."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        start, end = (part.strip() for part in text.split("-"))
+        minutes = [int(h) * 60 + int(m) for h, m in (start.split(":"), end.split(":"))]
+    except ValueError as exc:
+        raise ValueError(f"SEND_WINDOW must look like 07:00-21:00, not {text!r}") from exc
+    return minutes[0], minutes[1]
+
+
+def seconds_until_window(window: tuple[int, int] | None, now: datetime, zone: ZoneInfo) -> float:
+    """0 inside the sending window (or without one), else the seconds until it opens."""
+    if window is None:
+        return 0.0
+    local = now.astimezone(zone)
+    minute = local.hour * 60 + local.minute
+    start, end = window
+    inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+    if inside:
+        return 0.0
+    wait = (start - minute) % (24 * 60)
+    return max(wait * 60 - local.second, 1.0)
+
+
+# --- one process's sending ------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    delivery_id: int
+    attempts: int
+    subscriber: Subscriber
+
+
+@dataclass
+class _Results:
+    """What a connection has sent since the ledger last heard of it."""
+
+    sent: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    retry: list[tuple[int, int, str]] = field(default_factory=list)  # (id, attempts, reply)
+    failed: list[tuple[int, int, str]] = field(default_factory=list)
+    bounced: list[tuple[int, int, str, Subscriber]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sent or self.skipped or self.retry or self.failed or self.bounced)
+
+
+class ProcessSender:
+    """Sends one digest from this process over `connections` SMTP connections (threads)."""
+
+    def __init__(self, app: Flask, digest_id: int, settings: SendSettings, connections: int,
+                 message_for: MessageFactory | None = None, stop: threading.Event | None = None,
+                 id_range: tuple[int, int] | None = None, rate: float | None = None):
+        self.app = app
+        self.digest_id = digest_id
+        self.settings = settings
+        self.connections = max(1, connections)
+        self.message_for = message_for
+        self.stop = stop or threading.Event()  # SIGTERM/SIGINT: leave cleanly
+        self.halt = threading.Event()  # the digest is no longer "sending" (pause, cancel, done)
+        self.id_range = id_range
+        self.bucket = TokenBucket(settings.rate if rate is None else rate)
+        self.errors: deque[bool] = deque(maxlen=settings.error_window)
+        self.errors_lock = threading.Lock()
+        self.sender = ""
+        self.retry_after: float | None = None  # set in range mode: rows of the range wait for a retry
+        self._factory_lock = threading.Lock()
+        self.stats = {"sent": 0, "failed": 0, "bounced": 0, "retry": 0, "skipped": 0}
+
+    # the loop of a process
+
+    def run(self) -> None:
+        with self.app.app_context():
+            self.sender = envelope_sender()
+            if self.message_for is None:
+                digest = db.session.get(Digest, self.digest_id)
+                self.message_for = _default_factory(digest)
+            db.session.remove()
+        watcher = threading.Thread(target=self._watch, name=f"send-{self.digest_id}-watch", daemon=True)
+        watcher.start()
+        threads = [threading.Thread(target=self._connection, args=(n,), name=f"send-{self.digest_id}-{n}",
+                                    daemon=True) for n in range(self.connections)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        finally:
+            self.halt.set()
+            watcher.join(5)
+
+    def _should_stop(self) -> bool:
+        return self.stop.is_set() or self.halt.is_set()
+
+    def _watch(self) -> None:
+        """Every SEND_POLL_SECONDS: is the digest still "sending"? Workers obey the answer."""
+        with self.app.app_context():
+            self._watch_loop()
+
+    def _watch_loop(self) -> None:
+        while not self._should_stop():
+            try:
+                with db.engine.connect() as conn:
+                    status = conn.execute(select(Digest.status).where(Digest.id == self.digest_id)).scalar()
+                if status != "sending":
+                    log.info("digest %s is %s: senders stop", self.digest_id, status)
+                    self.halt.set()
+                    return
+            except Exception:  # noqa: BLE001  (a database hiccup must not stop the watcher)
+                log.exception("could not read the status of digest %s", self.digest_id)
+            self.halt.wait(self.settings.poll_seconds)
+
+    def _connection(self, number: int) -> None:
+        with self.app.app_context():
+            transport = transport_from_url()
+            try:
+                while not self._should_stop():
+                    if not self._wait_for_window():
+                        break
+                    token = _claim_token()
+                    items = self._reserve(token)
+                    if items:
+                        self._send_batch(transport, items)
+                        continue
+                    if not self._nothing_due():
+                        break
+            except Exception:
+                log.exception("sender %s of digest %s failed", number, self.digest_id)
+                raise
+            finally:
+                transport.close()
+                db.session.remove()
+
+    def _wait_for_window(self) -> bool:
+        while not self._should_stop():
+            wait = seconds_until_window(self.settings.window, utcnow(), self.settings.timezone)
+            if wait <= 0:
+                return True
+            log.info("outside SEND_WINDOW: digest %s waits %.0f s", self.digest_id, wait)
+            self.halt.wait(min(wait, self.settings.poll_seconds * 5))
+        return False
+
+    def _due(self, now: datetime) -> list:
+        where = [
+            Delivery.digest_id == self.digest_id,
+            Delivery.state == "queued",
+            Delivery.claimed_by.is_(None),
+            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+        ]
+        if self.id_range is not None:
+            where += [Delivery.id >= self.id_range[0], Delivery.id <= self.id_range[1]]
+        return where
+
+    def _reserve(self, token: str) -> list[_Item]:
+        """Claim a batch of due rows (still "queued": reserved, not in flight) and load them."""
+        now = utcnow()
+        size = max(self.settings.inflight, self.settings.batch_size // self.connections)
+        candidates = select(Delivery.id).where(*self._due(now)).order_by(Delivery.id).limit(size)
+        if db.engine.dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        with db.engine.begin() as conn:
+            # The WHERE is repeated on the UPDATE: a row someone else took meanwhile is left alone.
+            taken = conn.execute(
+                update(Delivery).where(Delivery.id.in_(candidates.scalar_subquery()), *self._due(now))
+                .values(claimed_by=token, updated_at=now)
+            ).rowcount
+        if not taken:
+            return []
+        rows = db.session.execute(
+            select(Delivery.id, Delivery.attempts, Subscriber)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.claimed_by == token, Delivery.state == "queued")
+            .order_by(Delivery.id)
+        ).all()
+        items = [_Item(row[0], row[1], row[2]) for row in rows]
+        # Keep the loaded subscribers (and their topics) as they are, and end the read
+        # transaction: nothing stays open in the database while the messages go out.
+        db.session.expunge_all()
+        db.session.commit()
+        return items
+
+    def _nothing_due(self) -> bool:
+        """Nothing to reserve now. Finish the digest, wait for retries or for other senders;
+        False when this sender should end."""
+        recovered = recover_stale(self.digest_id)
+        if recovered:
+            return True
+        where = [Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES)]
+        if self.id_range is not None:
+            where += [Delivery.id >= self.id_range[0], Delivery.id <= self.id_range[1]]
+        with db.engine.connect() as conn:
+            left, next_at, claimed = conn.execute(
+                select(func.count(), func.min(Delivery.next_attempt_at), func.count(Delivery.claimed_by))
+                .where(*where)
+            ).one()
+        if left == 0:
+            if self.id_range is None or not self._digest_open():
+                finish_send(self.digest_id)
+            return False
+        wait = self.settings.poll_seconds
+        if next_at is not None and claimed < left:  # some wait for a retry
+            wait = max(0.0, (_aware(next_at) - utcnow()).total_seconds())
+            if self.id_range is not None and claimed == 0:
+                self.retry_after = wait  # a Celery batch: come back later instead of sleeping
+                return False
+        elif self.id_range is not None:
+            return False  # the rest of the range is another worker's, who is alive
+        self.halt.wait(min(max(wait, 0.05), self.settings.poll_seconds))
+        return True
+
+    def _digest_open(self) -> bool:
+        with db.engine.connect() as conn:
+            return bool(conn.execute(
+                select(func.count()).select_from(Delivery)
+                .where(Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES))
+            ).scalar())
+
+    def _send_batch(self, transport, items: list[_Item]) -> None:
+        inflight = self.settings.inflight
+        results = _Results()
+        done = 0
+        try:
+            while done < len(items) and not self._should_stop():
+                chunk = items[done:done + inflight]
+                self._record(results, sending=[item.delivery_id for item in chunk])
+                results = _Results()
+                for item in chunk:
+                    if self._should_stop() or not self.bucket.take(self._should_stop):
+                        break
+                    self._send_one(transport, item, results)
+                    done += 1
+                    if self.halt.is_set():
+                        break
+        finally:
+            # Record what was sent, and hand back every row not tried (never sent: no duplicate).
+            self._record(results, release=[item.delivery_id for item in items[done:]])
+
+    def _send_one(self, transport, item: _Item, results: _Results) -> None:
+        subscriber = item.subscriber
+        if subscriber.status != "confirmed":  # unsubscribed or bounced since the send started
+            results.skipped.append(item.delivery_id)
+            return
+        try:
+            with self._factory_lock:
+                prepared = self.message_for(subscriber)
+            if prepared is None:
+                results.skipped.append(item.delivery_id)
+                return
+            message = prepared.render(personal_values(subscriber))
+        except Exception as exc:  # noqa: BLE001  (one broken message must not stop the send)
+            log.exception("could not render delivery %s", item.delivery_id)
+            results.failed.append((item.delivery_id, item.attempts + 1, f"render error: {exc}"[:500]))
+            self._note(error=True)
+            return
+        try:
+            transport.send(self.sender, subscriber.email, message)
+        except MailError as exc:
+            attempts = item.attempts + 1
+            reply = str(exc)[:500]
+            if exc.permanent:
+                results.bounced.append((item.delivery_id, attempts, reply, subscriber))
+            elif attempts >= self.settings.max_attempts:
+                results.failed.append((item.delivery_id, attempts, reply))
+            else:
+                results.retry.append((item.delivery_id, attempts, reply))
+            log.info("delivery %s to subscriber %s: %s", item.delivery_id, subscriber.id, reply)
+            self._note(error=True)
+            return
+        results.sent.append(item.delivery_id)
+        self._note(error=False)
+
+    def _note(self, *, error: bool) -> None:
+        """The error-storm check over the last SEND_ERROR_WINDOW replies."""
+        with self.errors_lock:
+            self.errors.append(error)
+            full = len(self.errors) == self.errors.maxlen
+            errors = sum(self.errors) if full and error else 0
+        if full and errors / self.settings.error_window > self.settings.error_rate:
+            with self.errors_lock:
+                self.errors.clear()
+            reason = (f"paused: {errors} errors in the last {self.settings.error_window} replies "
+                      f"(more than SEND_MAX_ERROR_RATE {self.settings.error_rate:.0%})")
+            pause_for_errors(self.digest_id, reason)
+            self.halt.set()
+
+    def _record(self, results: _Results, *, sending: Iterable[int] = (), release: Iterable[int] = ()) -> None:
+        """One transaction: the results so far, then the next rows in flight (or the release)."""
+        sending, release = list(sending), list(release)
+        if not (results or sending or release):
+            return
+        now = utcnow()
+        with db.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
+                # A crash of the sender loses nothing; only a crash of the database server
+                # could forget the last moments (then those messages would be sent again).
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            if results.sent:
+                conn.execute(update(Delivery).where(Delivery.id.in_(results.sent)).values(
+                    state="sent", sent_at=now, attempts=Delivery.attempts + 1, claimed_by=None,
+                    last_reply="250", updated_at=now))
+            if results.skipped:
+                conn.execute(update(Delivery).where(Delivery.id.in_(results.skipped)).values(
+                    state="skipped", claimed_by=None, updated_at=now))
+            for delivery_id, attempts, reply in results.retry:
+                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                    state="queued", claimed_by=None, attempts=attempts, last_reply=reply,
+                    next_attempt_at=now + self.settings.backoff(attempts), updated_at=now))
+            for delivery_id, attempts, reply in results.failed:
+                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                    state="failed", claimed_by=None, attempts=attempts, last_reply=reply, updated_at=now))
+            for delivery_id, attempts, reply, subscriber in results.bounced:
+                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                    state="bounced", claimed_by=None, attempts=attempts, last_reply=reply, updated_at=now))
+                _mark_bounced(conn, subscriber, reply, self.digest_id)
+            if sending:
+                conn.execute(update(Delivery).where(Delivery.id.in_(sending)).values(
+                    state="sending", updated_at=now))
+            if release:
+                conn.execute(update(Delivery).where(Delivery.id.in_(release)).values(
+                    state="queued", claimed_by=None, updated_at=now))
+        self.stats["sent"] += len(results.sent)
+        self.stats["skipped"] += len(results.skipped)
+        self.stats["retry"] += len(results.retry)
+        self.stats["failed"] += len(results.failed)
+        self.stats["bounced"] += len(results.bounced)
+
+
+def _mark_bounced(conn, subscriber: Subscriber, reply: str, digest_id: int) -> None:
+    """A 5xx: the address is bounced for good, with a consent-ledger event."""
+    from .subscriptions import email_hash
+
+    changed = conn.execute(update(Subscriber).where(
+        Subscriber.id == subscriber.id, Subscriber.status.in_(("confirmed", "pending")))
+        .values(status="bounced")).rowcount
+    if changed:
+        conn.execute(insert(ConsentEvent).values(
+            subscriber_id=subscriber.id, email_hash=email_hash(subscriber.email), kind="bounce",
+            source="system", wording_version="", ip="", user_agent="",
+            detail={"reply": reply, "digest_id": digest_id}, created_at=utcnow()))
+
+
+# --- the status machine -------------------------------------------------------------------
+
+
+def finish_send(digest_id: int) -> bool:
+    """Mark the send done if nothing is left; True for the one caller that did it (it reports)."""
+    with db.engine.begin() as conn:
+        left = conn.execute(select(func.count()).select_from(Delivery).where(
+            Delivery.digest_id == digest_id, Delivery.state.in_(OPEN_STATES))).scalar()
+        if left:
+            return False
+        done = conn.execute(update(Digest).where(Digest.id == digest_id, Digest.status == "sending")
+                            .values(status="done", finished_at=utcnow())).rowcount
+    if done:
+        log.info("digest %s sent", digest_id)
+        _report(digest_id, "done")
+    return bool(done)
+
+
+def pause_for_errors(digest_id: int, reason: str) -> bool:
+    with db.engine.begin() as conn:
+        paused = conn.execute(update(Digest).where(Digest.id == digest_id, Digest.status == "sending")
+                              .values(status="paused", error=reason)).rowcount
+    if paused:
+        log.error("digest %s %s", digest_id, reason)
+        _report(digest_id, "error_storm")
+    return bool(paused)
+
+
+def _report(digest_id: int, reason: str) -> None:
+    try:
+        from .send_summary import send_summary
+    except ImportError:  # pragma: no cover  (the summary module is optional in early builds)
         return
     try:
-        transport.send(sender, subscriber.email, prepared.render(personal_values(subscriber)))
-    except MailError as exc:
-        delivery.last_reply = str(exc)[:500]
-        delivery.state = "bounced" if exc.permanent else "failed"
-        if exc.permanent:
-            subscriber.status = "bounced"
-        log.warning("delivery %s to subscriber %s: %s", delivery.id, subscriber.id, exc)
-        return
-    delivery.state = "sent"
-    delivery.sent_at = utcnow()
+        send_summary(digest_id, reason)
+    except Exception:  # noqa: BLE001  (a failed report must not fail the send)
+        log.exception("could not send the summary of digest %s", digest_id)
 
 
 def set_send_status(digest_id: int, status: str) -> Digest:
@@ -130,11 +661,14 @@ def set_send_status(digest_id: int, status: str) -> Digest:
     digest = db.session.get(Digest, digest_id)
     if digest is None:
         raise LookupError(f"no digest {digest_id}")
+    db.session.refresh(digest)
     if digest.status not in allowed[status]:
         raise ValueError(f"cannot go from {digest.status} to {status}")
     digest.status = status
     if status == "cancelled":
         digest.finished_at = utcnow()
+    if status == "sending":
+        digest.error = ""
     db.session.commit()
     return digest
 
@@ -151,11 +685,153 @@ def resume_send(digest_id: int) -> Digest:
 
 
 def cancel_send(digest_id: int) -> Digest:
-    return set_send_status(digest_id, "cancelled")
+    digest = set_send_status(digest_id, "cancelled")
+    _report(digest_id, "cancelled")
+    return digest
 
 
-PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
-RATE_WINDOW_SECONDS = 10
+# --- sending: blocking ------------------------------------------------------------------------
+
+
+def send_digest(digest_id: int, message_for: MessageFactory | None = None,
+                batch_size: int | None = None) -> dict:
+    """Send every open delivery of the digest; returns when it is done, paused or cancelled
+    (or the process is told to stop: SendStopped). Resumes from the ledger."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    start_send(digest_id)
+    recover_stale(digest_id)
+    digest = db.session.get(Digest, digest_id)
+    db.session.refresh(digest)
+    if digest.status != "sending":  # paused, cancelled or done: nothing to do now
+        return send_progress(digest_id)
+    queued = db.session.execute(select(func.count()).select_from(Delivery).where(
+        Delivery.digest_id == digest_id, Delivery.state.in_(OPEN_STATES))).scalar_one()
+    settings = SendSettings.from_config(app.config, queued, custom_factory=message_for is not None)
+    if batch_size:
+        settings.batch_size = batch_size
+    db.session.commit()
+    stop = threading.Event()
+    with _signals_stop(stop) as children:
+        shares = _split(settings.connections, settings.processes)
+        rate = settings.rate / settings.processes if settings.rate else 0
+        for share in shares[1:]:
+            children.append(_fork_sender(app, digest_id, settings, share, rate))
+        ProcessSender(app, digest_id, settings, shares[0], message_for, stop, rate=rate).run()
+        for child in children:
+            while child.is_alive():
+                child.join(0.5)
+    db.session.expire_all()
+    if stop.is_set():
+        raise SendStopped(143)
+    finish_send(digest_id)  # e.g. every row was already final
+    return send_progress(digest_id)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if n < total % parts else 0) for n in range(parts)]
+
+
+class _signals_stop:  # noqa: N801  (used as a context manager, like a function)
+    """SIGTERM/SIGINT set `stop` (and reach the child processes) while sending in the main thread."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.children: list = []
+        self.previous: dict = {}
+
+    def __enter__(self) -> list:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self.children
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("signal %s: finishing the messages in flight, then stopping", signum)
+        self.stop.set()
+        for child in self.children:
+            if child.pid and child.is_alive():
+                try:
+                    os.kill(child.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _fork_sender(app: Flask, digest_id: int, settings: SendSettings, connections: int, rate: float):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    process = context.Process(target=_child_main, args=(app, digest_id, settings, connections, rate,
+                                                        os.getpid()), daemon=True,
+                              name=f"send-digest-{digest_id}")
+    process.start()
+    return process
+
+
+def _child_main(app: Flask, digest_id: int, settings: SendSettings, connections: int, rate: float,
+                parent: int) -> None:
+    """A forked sender process: dies with its parent (even on kill -9), stops on SIGTERM/SIGINT."""
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with app.app_context():
+        db.engine.dispose(close=False)  # the parent's connections are the parent's
+    ProcessSender(app, digest_id, settings, connections, None, stop, rate=rate).run()
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the child notices on its own (getppid)
+        pass
+
+
+def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
+    """Send the open deliveries of the digest with ids in [first_id, last_id] over one
+    connection (a Celery task's work). Returns {"retry_after": seconds or None, ...stats}."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    recover_stale(digest_id)
+    digest = db.session.get(Digest, digest_id)
+    if digest is None or digest.status != "sending":
+        return {"retry_after": None, "status": digest.status if digest else "missing"}
+    settings = SendSettings.from_config(app.config)
+    db.session.commit()
+    per_task = settings.rate / settings.connections if settings.rate else 0
+    sender = ProcessSender(app, digest_id, settings, 1, None, id_range=(first_id, last_id), rate=per_task)
+    sender.run()
+    return {"retry_after": sender.retry_after, "status": "sending", **sender.stats}
+
+
+def open_ranges(digest_id: int, size: int) -> list[tuple[int, int]]:
+    """The open deliveries of a digest as id ranges of at most `size` rows (Celery batches)."""
+    ranges: list[tuple[int, int]] = []
+    first = last = None
+    count = 0
+    with db.engine.connect() as conn:
+        result = conn.execution_options(yield_per=5000).execute(
+            select(Delivery.id).where(Delivery.digest_id == digest_id, Delivery.state.in_(OPEN_STATES))
+            .order_by(Delivery.id))
+        for (delivery_id,) in result:
+            if first is None:
+                first = delivery_id
+            last = delivery_id
+            count += 1
+            if count == size:
+                ranges.append((first, last))
+                first, count = None, 0
+    if first is not None and last is not None:
+        ranges.append((first, last))
+    return ranges
+
+
+# --- progress ------------------------------------------------------------------------------------
 
 
 def send_progress(digest_id: int) -> dict:
@@ -169,29 +845,34 @@ def send_progress(digest_id: int) -> dict:
     progress.update({state: n for state, n in rows})
     progress["total"] = sum(n for _, n in rows)
     digest = db.session.get(Digest, digest_id)
+    if digest is not None:
+        db.session.refresh(digest)
     status = digest.status if digest is not None else "missing"
     started = digest.started_at if digest is not None else None
     finished = digest.finished_at if digest is not None else None
     rate = 0.0
+    now = utcnow()
     if started is not None and status == "sending":
-        since = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
+        since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
         recent = db.session.execute(
             select(func.count()).select_from(Delivery)
             .where(Delivery.digest_id == digest_id, Delivery.state == "sent", Delivery.sent_at >= since)
         ).scalar_one()
-        window = min(RATE_WINDOW_SECONDS, max((utcnow() - started).total_seconds(), 0.001))
+        window = min(RATE_WINDOW_SECONDS, max((now - started).total_seconds(), 0.001))
         rate = recent / window
     elif started is not None and progress["sent"]:
-        elapsed = ((finished or utcnow()) - started).total_seconds()
-        rate = progress["sent"] / elapsed if elapsed > 0 else 0.0
+        last = db.session.execute(select(func.min(Delivery.sent_at), func.max(Delivery.sent_at)).where(
+            Delivery.digest_id == digest_id, Delivery.state == "sent")).one()
+        if last[0] is not None and last[1] is not None:
+            elapsed = (_aware(last[1]) - _aware(started)).total_seconds()
+            rate = progress["sent"] / elapsed if elapsed > 0 else float(progress["sent"])
     remaining = progress["queued"] + progress["sending"]
     eta = None
-    if status in ("done", "cancelled"):
-        eta = 0 if status == "done" else None
-    elif remaining == 0 and started is not None:
+    if status == "done" or (remaining == 0 and started is not None and status != "cancelled"):
         eta = 0
-    elif rate > 0:
+    elif status == "sending" and rate > 0:
         eta = int(round(remaining / rate))
+    db.session.commit()
     progress.update(
         status=status,
         rate=round(rate, 1),
@@ -244,3 +925,13 @@ def wait_for_sends(timeout: float | None = None) -> None:
         threads = list(_running.values())
     for thread in threads:
         thread.join(timeout)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """Poll `predicate` until true or `timeout` seconds (a helper for callers that watch a send)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return predicate()

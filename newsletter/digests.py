@@ -355,6 +355,9 @@ def _try_lease(engine, name: str, holder: str) -> bool:
     now = utcnow()
     expires = now + timedelta(seconds=LEASE_SECONDS)
     with engine.begin() as conn:
+        current = conn.execute(select(table.c.holder).where(table.c.name == name)).scalar()
+        if current and current != holder and _holder_is_dead(current):
+            now = expires  # held by a process of this host that is gone (kill -9): take it over now
         taken = conn.execute(
             update(table)
             .where(table.c.name == name, or_(table.c.expires_at < now, table.c.holder == holder))
@@ -413,3 +416,20 @@ def lease(name: str, *, wait: bool = True, poll: float = 1.0) -> Iterator[bool]:
 def send_lease(*, wait: bool = True):
     """The lease every digest send runs under, so two processes never send at once."""
     return lease(SEND_LEASE, wait=wait)
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """A lease holder ("host:pid:random") that is a process of this host that no longer runs.
+    (Added by the delivery issue: a `digest send` killed with -9 must not block the next for
+    LEASE_SECONDS.)"""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -412,33 +412,83 @@ class SMTPTransport:
         return conn
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
+        """Send one message to one recipient, checking the reply to every step.
+
+        Raises MailError with the reply code (None when the connection failed). A 421
+        or a dropped connection closes the connection, so the next send opens a new one.
+        A reused connection the server closed while idle is reopened once at once: no
+        part of the message had been sent on it.
+        """
         address, needs_utf8 = smtp_address(recipient)
         options = ["SMTPUTF8"] if needs_utf8 else []
+        for retry_idle in (True, False):
+            reused = self._conn is not None
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                if needs_utf8 and not conn.has_extn("smtputf8"):
+                    raise MailError("server does not accept internationalised addresses (SMTPUTF8)", 553)
+                code, reply = conn.mail(sender, options)
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self._drop()
+                if reused and retry_idle:  # closed while idle (timeout): nothing was sent yet
+                    continue
+                raise MailError(f"connection failed: {exc}") from exc
+            except smtplib.SMTPException as exc:
+                self._drop()
+                raise MailError(f"connection failed: {exc}", getattr(exc, "smtp_code", None)) from exc
+            break
         try:
-            if self._conn is None:
-                self._conn = self._connect()
-            if needs_utf8 and not self._conn.has_extn("smtputf8"):
-                raise MailError("server does not accept internationalised addresses (SMTPUTF8)", 553)
-            refused = self._conn.sendmail(sender, [address], message, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = exc.recipients.get(address, (550, b"refused"))
-            raise MailError(_reply_text(code, reply), code) from exc
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code == 421:
-                self.close()
+            self._check(conn, code, reply, (250,))
+            code, reply = conn.rcpt(address)
+            self._check(conn, code, reply, (250, 251))
+            code, reply = conn.data(message)
+            self._check(conn, code, reply, (250,))
+        except smtplib.SMTPResponseException as exc:  # DATA refused (no 354)
+            self._reset_or_drop(exc.smtp_code)
             raise MailError(_reply_text(exc.smtp_code, exc.smtp_error), exc.smtp_code) from exc
         except (smtplib.SMTPException, OSError) as exc:
-            self.close()
+            self._drop()
             raise MailError(f"connection failed: {exc}") from exc
-        if refused:  # smtplib returns refused recipients instead of raising, when some passed
-            code, reply = refused[address]
-            raise MailError(_reply_text(code, reply), code)
+
+    def _check(self, conn: smtplib.SMTP, code: int, reply: bytes, accepted: tuple[int, ...]) -> None:
+        if code in accepted:
+            return
+        if code == -1:  # smtplib's "connection closed" reply
+            self._drop()
+            raise MailError(f"connection failed: {_reply_text(code, reply)}")
+        self._reset_or_drop(code)
+        raise MailError(_reply_text(code, reply), code)
+
+    def _reset_or_drop(self, code: int) -> None:
+        """After a refusal: RSET keeps the connection for the next message; 421 means it is gone."""
+        if code == 421 or self._conn is None:
+            self._drop()
+            return
+        try:
+            self._conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        """Forget a connection that is broken (no QUIT)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+            self._conn = None
 
     def close(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.quit()
             except (smtplib.SMTPException, OSError):
+                pass
+            try:
+                self._conn.close()
+            except OSError:
                 pass
             self._conn = None
 

@@ -1,0 +1,217 @@
+"""The send engine against a real SMTP server on loopback (aiosmtpd) with faults injected:
+4xx retried, 5xx bounced, dropped connections, pause/resume, error storms, concurrent senders."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from delivery_helpers import (
+    digest_status,
+    fault_server,
+    first_try_fault,
+    ledger,
+    number,
+    seed,
+    wait_for,
+)
+from sqlalchemy import select
+
+from newsletter import delivery
+from newsletter.extensions import db
+from newsletter.models import Admin, ConsentEvent, Delivery, Digest, Subscriber
+
+FAST = {
+    "SEND_CONNECTIONS": 4,
+    "SEND_INFLIGHT": 10,
+    "SEND_BATCH_SIZE": 200,
+    "SEND_RETRY_SECONDS": 0.05,
+    "SEND_RETRY_MAX_SECONDS": 0.2,
+    "SEND_POLL_SECONDS": 0.1,
+    "SEND_MAX_ERROR_RATE": 0.5,
+    "SEND_PROCESSES": 1,
+}
+
+
+@pytest.fixture
+def fast_app(make_app, smtp_server):
+    return make_app(MAIL_URL=smtp_server.url, **FAST)
+
+
+def test_4xx_retried_5xx_bounced_and_left_out_of_the_next_digest(fast_app, smtp_server):
+    """10 % answered 451 on the first try: all delivered once; 2 % answered 550: bounced,
+    never retried, a consent event each, and not in the next digest."""
+    handler = fault_server(smtp_server)
+    soft = first_try_fault("451 4.7.1 greylisted, try later", lambda r: number(r) % 10 == 3)
+    hard = {f"p{i}@example.se" for i in range(1000) if i % 50 == 7}
+    refused: list[str] = []
+
+    def fault(rcpt: str):
+        if rcpt in hard:
+            refused.append(rcpt)
+            return "550 5.1.1 no such user"
+        return soft(rcpt)
+
+    handler.faults = fault
+    with fast_app.app_context():
+        digest_id = seed(1000)
+        progress = delivery.send_digest(digest_id)
+        assert progress["status"] == "done"
+        assert progress["bounced"] == len(hard) == 20
+        assert progress["sent"] == 1000 - 20 and progress["failed"] == 0
+        counts = handler.counts()
+        assert set(counts) == {f"p{i}@example.se" for i in range(1000)} - hard
+        assert max(counts.values()) == 1
+        assert sorted(refused) == sorted(hard)  # each hard bounce was tried once, never again
+        retried = db.session.execute(select(Delivery).where(Delivery.digest_id == digest_id,
+                                                            Delivery.attempts == 2)).scalars().all()
+        assert len(retried) == 100 and all(row.state == "sent" for row in retried)
+        bounced = db.session.execute(select(Subscriber).where(Subscriber.status == "bounced")).scalars().all()
+        assert {s.email for s in bounced} == hard
+        events = db.session.execute(select(ConsentEvent).where(ConsentEvent.kind == "bounce")).scalars().all()
+        assert len(events) == 20 and {e.source for e in events} == {"system"}
+        assert all("550" in e.detail["reply"] for e in events)
+        # The next digest pins only confirmed subscribers: the bounced ones are not in it.
+        next_id = seed(0, status="approved")
+        assert delivery.start_send(next_id) == 1000 - 20
+        pinned = set(db.session.execute(
+            select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.digest_id == next_id)).scalars())
+        assert not pinned & hard
+
+
+def test_connection_dropped_every_1000_messages_the_send_continues(fast_app, smtp_server):
+    handler = fault_server(smtp_server)
+    handler.drop_every = 1000
+    with fast_app.app_context():
+        digest_id = seed(2100)
+        progress = delivery.send_digest(digest_id)
+        assert progress["status"] == "done" and progress["sent"] == 2100
+    assert handler.dropped >= 2
+    counts = handler.counts()
+    assert len(counts) == 2100 and max(counts.values()) == 1
+
+
+def test_pause_and_resume_five_times_exactly_one_copy_each(fast_app, smtp_server):
+    handler = fault_server(smtp_server)
+    handler.delay = 0.001
+    n = 1500
+    with fast_app.app_context():
+        digest_id = seed(n)
+        delivery.start_send(digest_id)
+        delivery.launch_send(digest_id)
+        for round_ in range(5):
+            target = (round_ + 1) * n // 7
+            assert wait_for(lambda t=target: handler.received() >= t, 30)
+            delivery.pause_send(digest_id)
+            delivery.wait_for_sends(timeout=5)  # every worker obeys within a second or two
+            settled = handler.received()
+            assert 0 < settled < n
+            assert wait_for(lambda: ledger(digest_id).get("sending", 0) == 0, 2)
+            assert handler.received() == settled  # nothing more after the pause
+            in_ledger = ledger(digest_id)
+            assert in_ledger.get("sent", 0) == settled  # the ledger knows each message sent
+            delivery.resume_send(digest_id)
+        delivery.wait_for_sends(timeout=60)
+        assert digest_status(digest_id) == "done"
+    counts = handler.counts()
+    assert len(counts) == n and max(counts.values()) == 1
+
+
+def test_error_storm_pauses_the_send_and_tells_the_admins(make_app, smtp_server):
+    app = make_app(MAIL_URL=smtp_server.url, **{**FAST, "SEND_MAX_ERROR_RATE": 0.2, "SEND_ERROR_WINDOW": 50})
+    handler = fault_server(smtp_server)
+    handler.faults = lambda rcpt: ("451 4.3.0 overloaded" if rcpt.startswith("p") and number(rcpt) >= 300
+                                   else None)
+    with app.app_context():
+        digest_id = seed(1000, admins=("boss@example.se", "admin-en@example.se"))
+        progress = delivery.send_digest(digest_id)
+        assert progress["status"] == "paused"
+        assert 100 <= progress["sent"] <= 300  # the storm stopped it soon after it began
+        assert progress["queued"] + progress["failed"] == 1000 - progress["sent"]
+        assert progress["queued"] >= 600 and progress["sending"] == 0  # most never tried
+        digest = db.session.get(Digest, digest_id)
+        assert "SEND_MAX_ERROR_RATE" in digest.error
+    summaries = [m for m in smtp_server.messages() if m["To"] in ("boss@example.se", "admin-en@example.se")]
+    assert {m["To"] for m in summaries} == {"boss@example.se", "admin-en@example.se"}
+    subjects = {m["To"]: m["Subject"] for m in summaries}
+    assert "för många fel" in subjects["boss@example.se"]
+    assert "too many errors" in subjects["admin-en@example.se"]
+
+
+def test_done_send_reports_to_the_admins(fast_app, smtp_server):
+    handler = fault_server(smtp_server)
+    handler.faults = lambda rcpt: "550 5.1.1 gone" if rcpt == "p4@example.se" else None
+    with fast_app.app_context():
+        digest_id = seed(20, admins=("boss@example.se",))
+        db.session.add(Admin(email="gone@example.se", password_hash="x", active=False))
+        db.session.commit()
+        assert delivery.send_digest(digest_id)["status"] == "done"
+    summary = [m for m in smtp_server.messages() if m["To"] == "boss@example.se"]
+    assert len(summary) == 1
+    assert summary[0]["Subject"] == f"Nyhetsbrev {digest_id} skickat till 19 prenumeranter"
+    text = summary[0].get_body(preferencelist=("plain",)).get_content()
+    assert "Studsade: 1" in text and "Skickade: 19" in text
+    assert not smtp_server.messages(to="gone@example.se")
+
+
+def test_two_senders_at_once_send_each_message_once(fast_app, smtp_server):
+    handler = fault_server(smtp_server)
+    soft = first_try_fault("421 4.7.0 too busy, closing", lambda r: number(r) % 17 == 0)
+    handler.faults = soft
+    with fast_app.app_context():
+        digest_id = seed(2000)
+    results = []
+
+    def send():
+        with fast_app.app_context():
+            results.append(delivery.send_digest(digest_id)["status"])
+            db.session.remove()
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == ["done", "done"]
+    counts = handler.counts()
+    assert len(counts) == 2000 and max(counts.values()) == 1
+
+
+def test_cancel_is_obeyed_and_sends_nothing_more(fast_app, smtp_server):
+    handler = fault_server(smtp_server)
+    handler.delay = 0.002
+    with fast_app.app_context():
+        digest_id = seed(2000)
+        delivery.start_send(digest_id)
+        delivery.launch_send(digest_id)
+        assert wait_for(lambda: handler.received() >= 200, 30)
+        delivery.cancel_send(digest_id)
+        delivery.wait_for_sends(timeout=5)
+        settled = handler.received()
+        progress = delivery.send_progress(digest_id)
+        assert progress["status"] == "cancelled" and progress["sending"] == 0
+        assert progress["sent"] == settled < 2000
+        with pytest.raises(ValueError):
+            delivery.resume_send(digest_id)
+
+
+def test_rate_limit_and_window(make_app, smtp_server):
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    app = make_app(MAIL_URL=smtp_server.url, **{**FAST, "SEND_RATE": 200})
+    fault_server(smtp_server)
+    with app.app_context():
+        digest_id = seed(300)
+        import time
+
+        began = time.monotonic()
+        assert delivery.send_digest(digest_id)["sent"] == 300
+        assert time.monotonic() - began >= 1.2  # 300 at 200/s (a burst of 20 at most)
+    window = delivery.parse_window("07:00-21:00")
+    zone = ZoneInfo("Europe/Stockholm")
+    assert delivery.seconds_until_window(window, datetime(2026, 11, 25, 12, 0, tzinfo=UTC), zone) == 0
+    assert delivery.seconds_until_window(window, datetime(2026, 11, 25, 5, 0, tzinfo=UTC), zone) == 3600
+    night = delivery.parse_window("22:00-06:00")
+    assert delivery.seconds_until_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), zone) == 0
