@@ -82,6 +82,8 @@ def list_id() -> str:
 
 def smtp_address(email: str) -> tuple[str, bool]:
     """The address as SMTP wants it: IDN domain as punycode; True if it still needs SMTPUTF8."""
+    if email.isascii() and "@" in email:  # the IDNA codec leaves an ASCII domain as it is
+        return email, False
     local, _, domain = email.rpartition("@")
     try:
         domain = domain.encode("idna").decode("ascii")
