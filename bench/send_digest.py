@@ -690,6 +690,7 @@ def git_state() -> dict:
 
 
 def run_one(args, n: int, sink: Sink) -> dict:
+    code = git_state()  # of the code the send runs (before anyone commits meanwhile)
     workdir = Path(tempfile.mkdtemp(prefix="nl-bench-"))
     instance = workdir / "instance"
     database = Database(args.db, args.pg_url, workdir)
@@ -735,7 +736,7 @@ def run_one(args, n: int, sink: Sink) -> dict:
         "db": args.db, "n": n, "sink": sink.kind, "sink_command": " ".join(sink.command),
         "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
                     "cpu": _cpu_model(), "python": platform.python_version()},
-        "git": git_state(), "env": dict(args.env), "argv": sys.argv[1:],
+        "git": code, "env": dict(args.env), "argv": sys.argv[1:],
         "loadavg": Path("/proc/loadavg").read_text().split()[:3], "busy_before_send": quiet,
         "seed": seeded, "message": size, "send": send, "ledger": book, "ceiling": ceiling, "naive": naive,
     }
