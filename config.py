@@ -99,6 +99,8 @@ class Config:
     SEND_POLL_SECONDS: float = _float("SEND_POLL_SECONDS", 0.5)  # how soon pause/cancel is obeyed
     # Claims of a sender on another host that show no change for this long are taken over.
     SEND_CLAIM_TIMEOUT: int = _int("SEND_CLAIM_TIMEOUT", 600)
+    # Celery (BROKER_URL): a batch a dead worker took is delivered again after this (Redis).
+    CELERY_VISIBILITY_TIMEOUT: int = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")

@@ -1,7 +1,142 @@
-"""Celery app and tasks, used only when BROKER_URL is set (see README: running workers)."""
+"""Celery app and tasks, used only when BROKER_URL is set.
+
+Run workers with (any number, on any machines that reach the database and the broker):
+
+    celery -A newsletter.tasks worker --concurrency 4 -l INFO
+
+A send is one `dispatch_send` task that pins the recipients and queues one `send_batch`
+task per SEND_BATCH_SIZE open rows of the ledger (an id range). Tasks are acknowledged
+late, so the batch of a worker that dies is delivered again; the ledger's claims keep a
+redelivered (or duplicated) batch from sending anything twice. A worker that starts
+takes back the claims of dead senders and dispatches every send left in "sending", so
+a send whose worker was killed finishes as soon as any worker (re)starts. A batch whose
+rows wait for a retry (4xx back-off) queues itself again with a countdown.
+
+SEND_RATE is split evenly over SEND_CONNECTIONS: each batch task sends over one
+connection at SEND_RATE / SEND_CONNECTIONS, so run at most SEND_CONNECTIONS worker
+slots in total to stay within SEND_RATE.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+
+from celery import Celery, signals
+from flask import Flask, current_app, has_app_context
+
+from config import Config
+
+log = logging.getLogger(__name__)
+
+celery = Celery("newsletter", set_as_current=False)
+_flask_app: Flask | None = None
+_configured_for: str | None = None
+_lock = threading.Lock()
+
+
+def configure(broker_url: str, visibility_timeout: int = 3600) -> Celery:
+    """Point the Celery app at the broker (once per process and broker)."""
+    global _configured_for
+    with _lock:
+        if _configured_for != broker_url:
+            celery.conf.update(
+                broker_url=broker_url,
+                result_backend=None,
+                task_ignore_result=True,
+                task_serializer="json",
+                accept_content=["json"],
+                task_acks_late=True,  # a batch is acknowledged when it is done, not when taken
+                task_reject_on_worker_lost=True,
+                worker_prefetch_multiplier=1,
+                broker_connection_retry_on_startup=True,
+                broker_transport_options={"visibility_timeout": visibility_timeout},
+                task_default_queue="newsletter",
+            )
+            _configured_for = broker_url
+    return celery
+
+
+# A worker (`celery -A newsletter.tasks worker`) reads the broker from the environment.
+if Config.BROKER_URL:
+    configure(Config.BROKER_URL, Config.CELERY_VISIBILITY_TIMEOUT)
+
+
+def flask_app() -> Flask:
+    """The Flask app tasks run in: the caller's own in-process, else one made from the environment."""
+    global _flask_app
+    if has_app_context():
+        return current_app._get_current_object()  # type: ignore[attr-defined]
+    with _lock:
+        if _flask_app is None:
+            from . import create_app
+
+            _flask_app = create_app()
+    return _flask_app
+
 
 def launch(digest_id: int) -> None:
-    raise NotImplementedError("Celery sending is not written yet")
+    """Queue the send of a digest (called by delivery.launch_send when BROKER_URL is set)."""
+    config = current_app.config
+    configure(config["BROKER_URL"], config["CELERY_VISIBILITY_TIMEOUT"])
+    dispatch_send.delay(digest_id)
+
+
+@celery.task(name="newsletter.dispatch_send", acks_late=True)
+def dispatch_send(digest_id: int) -> int:
+    """Pin the recipients, then queue a batch task per SEND_BATCH_SIZE open rows."""
+    from . import delivery
+    from .extensions import db
+
+    app = flask_app()
+    with app.app_context():
+        try:
+            delivery.start_send(digest_id)
+            delivery.recover_stale(digest_id)
+            status = delivery.send_progress(digest_id)["status"]
+            if status != "sending":
+                return 0
+            ranges = delivery.open_ranges(digest_id, app.config["SEND_BATCH_SIZE"])
+            if not ranges:
+                delivery.finish_send(digest_id)
+            for first, last in ranges:
+                send_batch.delay(digest_id, first, last)
+            log.info("digest %s: %d batches queued", digest_id, len(ranges))
+            return len(ranges)
+        finally:
+            db.session.remove()
+
+
+@celery.task(name="newsletter.send_batch", acks_late=True)
+def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
+    """Send the open rows of the digest with ids in [first_id, last_id] (one connection)."""
+    from . import delivery
+    from .extensions import db
+
+    app = flask_app()
+    with app.app_context():
+        try:
+            result = delivery.send_batch(digest_id, first_id, last_id)
+        finally:
+            db.session.remove()
+    if result.get("retry_after") is not None:  # rows waiting for a retry: come back for them
+        send_batch.apply_async((digest_id, first_id, last_id), countdown=max(result["retry_after"], 0.1))
+    return result
+
+
+@signals.worker_ready.connect
+def _resume_on_worker_start(**_kwargs) -> None:
+    """A worker starting finishes what dead senders left: stale claims back, sends dispatched."""
+    from . import delivery
+    from .extensions import db
+
+    app = flask_app()
+    with app.app_context():
+        try:
+            for digest_id in delivery.resume_interrupted():
+                log.info("worker start: resuming the send of digest %s", digest_id)
+                dispatch_send.delay(digest_id)
+        except Exception:  # noqa: BLE001  (the worker must start even if the database is away)
+            log.exception("could not resume interrupted sends")
+        finally:
+            db.session.remove()

@@ -163,7 +163,7 @@ def cli_env(app, **settings) -> dict[str, str]:
         "BROKER_URL": "",
         "FEED_URLS": "",
         "MAIL_QUEUE_THREAD": "0",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
     })
     env.update({key: str(value) for key, value in settings.items()})
@@ -171,9 +171,12 @@ def cli_env(app, **settings) -> dict[str, str]:
 
 
 def start_cli(env: dict[str, str], *args: str, log_path: Path | None = None) -> subprocess.Popen:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([FLASK, "--app", "wsgi", *args], cwd=ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    if log_path is None:
+        return subprocess.Popen([FLASK, "--app", "wsgi", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as out:  # the child keeps its own copy of the file
+        return subprocess.Popen([FLASK, "--app", "wsgi", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def wait_for(predicate, timeout: float, poll: float = 0.02) -> bool:
