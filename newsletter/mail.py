@@ -312,6 +312,8 @@ class _FastCommands:
     Replies, errors and everything else are smtplib's own.
     """
 
+    body_sent = False  # set by send_one and data: the message itself had started to go out
+
     def mail(self, sender, options=()):
         if options or not _PLAIN_ADDRESS.fullmatch(sender):
             return super().mail(sender, options)
@@ -331,6 +333,7 @@ class _FastCommands:
         code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
+        self.body_sent = True
         self.send(_stuffed(msg))
         return self.getreply()
 
@@ -343,8 +346,11 @@ class _FastCommands:
         message (or to DATA itself when that was refused); the caller checks
         them in order (250; 250/251; 250) and RSETs after a refusal. Stops at
         the first refusal when not pipelining, so later replies may be missing.
-        A dropped connection raises SMTPServerDisconnected, as smtplib does.
+        A dropped connection raises SMTPServerDisconnected, as smtplib does; then
+        `body_sent` tells whether the message itself had started to go out (if not,
+        sending it again on a new connection cannot make a duplicate).
         """
+        self.body_sent = False
         plain = _PLAIN_ADDRESS.fullmatch(sender) and _PLAIN_ADDRESS.fullmatch(recipient)
         if not (plain and self.does_esmtp and self.has_extn("pipelining")) or self.debuglevel > 0:
             replies = [self.mail(sender)]
@@ -365,6 +371,7 @@ class _FastCommands:
             self.send(b".\r\n")
             self.getreply()
             return mail_reply, rcpt_reply, data_reply
+        self.body_sent = True
         self.send(_stuffed(msg))
         return mail_reply, rcpt_reply, self.getreply()
 

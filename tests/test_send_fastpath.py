@@ -166,9 +166,9 @@ def test_send_one_pipelines_and_reports_each_reply():
         assert conn.has_extn("pipelining")
         message = b"Subject: x\r\n\r\n.dot\r\nbody\r\n"
         replies = conn.send_one("bounce@example.com", "reader@example.com", message)
-        assert [code for code, _ in replies] == [250, 250, 250]
+        assert [code for code, _ in replies] == [250, 250, 250] and conn.body_sent
         refused = conn.send_one("bounce@example.com", "slow@example.com", message)
-        assert [code for code, _ in refused] == [250, 451, 554]
+        assert [code for code, _ in refused] == [250, 451, 554] and not conn.body_sent
         conn.rset()
         assert conn.send_one("bounce@example.com", "other@example.com", message)[2][0] == 250
     finally:
