@@ -604,16 +604,19 @@ def run_ceiling(sink: Sink, n: int, size: int, sessions: int) -> dict:
     command = ["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(size),
                "-f", "bench@bench.example", "-t", "sink@bench.example", f"127.0.0.1:{sink.port}"]
     sink.start_phase()
+    sink0 = sink.cpu_seconds()
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, check=False)
     ended = time.monotonic()
     phase = sink.end_phase(expected=n)
+    sink_cpu = sink.cpu_seconds() - sink0
     return {
         "command": " ".join(command),
         "exit_code": result.returncode,
         "sink_count": phase.count,
         "wall_s": round(ended - started, 3),
         "rate": round(phase.count / (ended - started), 1),
+        "sink_cpu_s": round(sink_cpu, 2),
     }
 
 
@@ -814,7 +817,7 @@ def report(result: dict) -> None:
           f"(PSS {send['peak_pss_mb']} MB; largest single process {send['max_rss_single_mb']} MB)")
     if ceiling.get("rate"):
         print(f"ceiling: {ceiling['command']}\n  {ceiling['sink_count']:,} in {ceiling['wall_s']} s = "
-              f"{ceiling['rate']} msg/s")
+              f"{ceiling['rate']} msg/s (sink CPU {ceiling.get('sink_cpu_s')} s)")
     if naive.get("rate"):
         print(f"naive: {naive['sample']:,} messages in {naive['seconds']} s = {naive['rate']} msg/s "
               f"({naive['ms_per_message']} ms each); N would take {naive['extrapolated_s_for_n']} s")
