@@ -187,3 +187,17 @@ def test_send_one_without_pipelining_stops_at_the_first_refusal(smtp_server):
     finally:
         conn.quit()
     assert [rcpts for _, rcpts, _ in smtp_server.handler.messages] == [["here@example.com"]]
+
+
+def test_transport_send_pipelines_and_raises_the_first_refusal():
+    server = _PipeliningServer()
+    transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}")
+    try:
+        transport.send("bounce@example.com", "reader@example.com", b"Subject: a\r\n\r\nbody\r\n")
+        with pytest.raises(mail.MailError) as refused:
+            transport.send("bounce@example.com", "slow@example.com", b"Subject: b\r\n\r\nbody\r\n")
+        assert refused.value.code == 451 and not refused.value.permanent
+        transport.send("bounce@example.com", "other@example.com", b"Subject: c\r\n\r\nbody\r\n")
+    finally:
+        transport.close()
+    assert [rcpt for rcpt, _ in server.messages] == ["reader@example.com", "other@example.com"]
