@@ -83,6 +83,16 @@ class SendStopped(SystemExit):  # noqa: N818  (an exit, like SystemExit)
     """The process was asked to stop (SIGTERM/SIGINT): the send was left cleanly, resumable."""
 
 
+# Set by stop_all_sends(): every send of this process finishes its messages in flight and stops.
+_process_stop = threading.Event()
+
+
+def stop_all_sends() -> None:
+    """Ask every send running in this process (threads, scheduler jobs) to stop cleanly; for a
+    process shutting down that did not get the signal itself in the sending thread."""
+    _process_stop.set()
+
+
 def personal_values(subscriber: Subscriber) -> dict[str, str]:
     """The per-recipient slot values of a bulk message."""
     public_url = current_app.config["PUBLIC_URL"]
@@ -419,7 +429,7 @@ class ProcessSender:
             watcher.join(5)
 
     def _should_stop(self) -> bool:
-        return self.stop.is_set() or self.halt.is_set()
+        return self.stop.is_set() or self.halt.is_set() or _process_stop.is_set()
 
     def _watch(self) -> None:
         """Every SEND_POLL_SECONDS: is the digest still "sending"? Workers obey the answer."""
@@ -442,23 +452,43 @@ class ProcessSender:
     def _connection(self, number: int) -> None:
         with self.app.app_context():
             transport = transport_from_url()
+            failures = 0
             try:
                 while not self._should_stop():
-                    if not self._wait_for_window():
-                        break
                     token = _claim_token()
-                    items = self._reserve(token)
-                    if items:
-                        self._send_batch(transport, items)
-                        continue
-                    if not self._nothing_due():
-                        break
-            except Exception:
-                log.exception("sender %s of digest %s failed", number, self.digest_id)
-                raise
+                    try:
+                        if not self._wait_for_window():
+                            break
+                        items = self._reserve(token)
+                        if items:
+                            self._send_batch(transport, items)
+                        elif not self._nothing_due():
+                            break
+                        failures = 0
+                    except Exception:  # noqa: BLE001  (the database went away, most likely)
+                        failures += 1
+                        log.exception("sender %s of digest %s failed (%d in a row)", number,
+                                      self.digest_id, failures)
+                        db.session.rollback()
+                        self._release_token(token)
+                        if failures >= 5:  # give up, like a crash: the next run resumes
+                            log.error("digest %s: too many errors, this sender stops", self.digest_id)
+                            self.halt.set()
+                            break
+                        self.halt.wait(self.settings.poll_seconds * 2 ** failures)
             finally:
                 transport.close()
                 db.session.remove()
+
+    def _release_token(self, token: str) -> None:
+        """After an error: hand back this claim's rows, like a crash would (the ones in flight
+        may have gone out: the in-flight bound)."""
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(update(Delivery).where(Delivery.claimed_by == token, Delivery.state.in_(
+                    OPEN_STATES)).values(state="queued", claimed_by=None, updated_at=utcnow()))
+        except Exception:  # noqa: BLE001  (still no database: recover_stale does it later)
+            log.exception("could not hand back the claim %s", token)
 
     def _wait_for_window(self) -> bool:
         while not self._should_stop():
@@ -599,6 +629,14 @@ class ProcessSender:
             else:
                 results.retry.append((item.delivery_id, attempts, reply))
             log.info("delivery %s to subscriber %s: %s", item.delivery_id, subscriber.id, reply)
+            self._note(error=True)
+            return
+        except Exception as exc:  # noqa: BLE001  (a transport bug: retry later on a new connection)
+            log.exception("delivery %s: unexpected error while sending", item.delivery_id)
+            transport.close()
+            attempts = item.attempts + 1
+            target = results.failed if attempts >= self.settings.max_attempts else results.retry
+            target.append((item.delivery_id, attempts, f"error: {exc}"[:500]))
             self._note(error=True)
             return
         results.sent.append(item.delivery_id)
@@ -753,9 +791,10 @@ def cancel_send(digest_id: int) -> Digest:
 
 
 def send_digest(digest_id: int, message_for: MessageFactory | None = None,
-                batch_size: int | None = None) -> dict:
+                batch_size: int | None = None, processes: int | None = None) -> dict:
     """Send every open delivery of the digest; returns when it is done, paused or cancelled
-    (or the process is told to stop: SendStopped). Resumes from the ledger."""
+    (or the process is told to stop: SendStopped). Resumes from the ledger.
+    `processes` overrides SEND_PROCESSES (a background send in a web process uses 1)."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     start_send(digest_id)
     recover_stale(digest_id)
@@ -768,6 +807,8 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
     settings = SendSettings.from_config(app.config, queued, custom_factory=message_for is not None)
     if batch_size:
         settings.batch_size = batch_size
+    if processes is not None:
+        settings.processes = max(1, min(processes, settings.connections))
     db.session.commit()
     stop = threading.Event()
     with _signals_stop(stop) as children:
@@ -780,7 +821,7 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
             while child.is_alive():
                 child.join(0.5)
     db.session.expire_all()
-    if stop.is_set():
+    if stop.is_set() or _process_stop.is_set():
         raise SendStopped(143)
     finish_send(digest_id)  # e.g. every row was already final
     return send_progress(digest_id)
@@ -969,9 +1010,12 @@ def launch_send(digest_id: int) -> None:
 
 
 def _send_in_thread(app, digest_id: int) -> None:
+    # No forking from a thread of a (web) process: unless SEND_PROCESSES asks for more
+    # explicitly, a background send uses the threads of this process only.
+    processes = app.config.get("SEND_PROCESSES", 0)
     with app.app_context():
         try:
-            send_digest(digest_id)
+            send_digest(digest_id, processes=processes if processes > 1 else 1)
         except Exception:  # noqa: BLE001  (a background send must log, not vanish)
             log.exception("background send of digest %s failed", digest_id)
         finally:
@@ -985,12 +1029,3 @@ def wait_for_sends(timeout: float | None = None) -> None:
     for thread in threads:
         thread.join(timeout)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` seconds (a helper for callers that watch a send)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return predicate()

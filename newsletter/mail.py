@@ -312,8 +312,6 @@ class _FastCommands:
     Replies, errors and everything else are smtplib's own.
     """
 
-    body_sent = False  # set by send_one and data: the message itself had started to go out
-
     def mail(self, sender, options=()):
         if options or not _PLAIN_ADDRESS.fullmatch(sender):
             return super().mail(sender, options)
@@ -333,54 +331,8 @@ class _FastCommands:
         code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
-        self.body_sent = True
         self.send(_stuffed(msg))
         return self.getreply()
-
-    def send_one(self, sender: str, recipient: str, msg: bytes) -> tuple[tuple[int, bytes], ...]:
-        """MAIL, RCPT, DATA and the message for one recipient; the replies, in order.
-
-        With PIPELINING (RFC 2920) the three commands go in one write and the
-        replies are read together: two round trips a message instead of four.
-        Returns (mail, rcpt, data) replies, `data` being the reply after the
-        message (or to DATA itself when that was refused); the caller checks
-        them in order (250; 250/251; 250) and RSETs after a refusal. Stops at
-        the first refusal when not pipelining (and at a 421 when pipelining), so
-        later replies may be missing.
-        A dropped connection raises SMTPServerDisconnected, as smtplib does; then
-        `body_sent` tells whether the message itself had started to go out (if not,
-        sending it again on a new connection cannot make a duplicate).
-        """
-        self.body_sent = False
-        plain = _PLAIN_ADDRESS.fullmatch(sender) and _PLAIN_ADDRESS.fullmatch(recipient)
-        if not (plain and self.does_esmtp and self.has_extn("pipelining")) or self.debuglevel > 0:
-            replies = [self.mail(sender)]
-            if replies[0][0] == 250:
-                replies.append(self.rcpt(recipient))
-                if replies[1][0] in (250, 251):
-                    try:
-                        replies.append(self.data(msg))
-                    except smtplib.SMTPDataError as exc:
-                        replies.append((exc.smtp_code, exc.smtp_error))
-            return tuple(replies)
-        self.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
-        mail_reply = self.getreply()
-        if mail_reply[0] == 421:  # the server is closing the connection: no more replies come
-            return (mail_reply,)
-        rcpt_reply = self.getreply()
-        if rcpt_reply[0] == 421:
-            return mail_reply, rcpt_reply
-        data_reply = self.getreply()
-        if data_reply[0] != 354:
-            return mail_reply, rcpt_reply, data_reply
-        if mail_reply[0] != 250 or rcpt_reply[0] not in (250, 251):
-            # A server that says "go ahead" with no valid recipient: end an empty message.
-            self.send(b".\r\n")
-            self.getreply()
-            return mail_reply, rcpt_reply, data_reply
-        self.body_sent = True
-        self.send(_stuffed(msg))
-        return mail_reply, rcpt_reply, self.getreply()
 
 
 def _stuffed(msg: bytes) -> bytes:
@@ -412,9 +364,11 @@ class SMTPTransport:
         self.password = unquote(parts.password) if parts.password else None
         self.timeout = timeout
         self._conn: smtplib.SMTP | None = None
+        self.pipelining = False  # the server's EHLO offered PIPELINING (RFC 2920)
 
     def _connect(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
+        # Only TLS needs the context (loading the CA store costs a good part of a connect).
+        context = ssl.create_default_context() if self.scheme in ("smtps", "smtp+starttls") else None
         if self.scheme == "smtps":
             conn: smtplib.SMTP = FastSMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         else:
@@ -423,6 +377,7 @@ class SMTPTransport:
         if self.scheme == "smtp+starttls":
             conn.starttls(context=context)
             conn.ehlo()
+        self.pipelining = conn.has_extn("pipelining")
         if self.username:
             conn.login(self.username, self.password or "")
         return conn
@@ -436,10 +391,7 @@ class SMTPTransport:
         part of the message had been sent on it.
         """
         address, needs_utf8 = smtp_address(recipient)
-        if not needs_utf8:  # the fast way: MAIL+RCPT+DATA pipelined when the server offers it
-            self._send_pipelined(sender, address, message)
-            return
-        options = ["SMTPUTF8"]
+        options = ["SMTPUTF8"] if needs_utf8 else []
         for retry_idle in (True, False):
             reused = self._conn is not None
             try:
@@ -448,7 +400,11 @@ class SMTPTransport:
                 conn = self._conn
                 if needs_utf8 and not conn.has_extn("smtputf8"):
                     raise MailError("server does not accept internationalised addresses (SMTPUTF8)", 553)
-                code, reply = conn.mail(sender, options)
+                if self.pipelining:
+                    replies = self._pipelined_envelope(conn, sender, address, options)
+                else:
+                    replies = None
+                    code, reply = conn.mail(sender, options)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self._drop()
                 if reused and retry_idle:  # closed while idle (timeout): nothing was sent yet
@@ -458,6 +414,9 @@ class SMTPTransport:
                 self._drop()
                 raise MailError(f"connection failed: {exc}", getattr(exc, "smtp_code", None)) from exc
             break
+        if replies is not None:
+            self._send_pipelined_data(conn, replies, message)
+            return
         try:
             self._check(conn, code, reply, (250,))
             code, reply = conn.rcpt(address)
@@ -471,29 +430,38 @@ class SMTPTransport:
             self._drop()
             raise MailError(f"connection failed: {exc}") from exc
 
-    def _send_pipelined(self, sender: str, address: str, message: bytes) -> None:
-        """`send` for an ASCII address with FastSMTP.send_one: MAIL, RCPT and DATA in one
-        round trip when the server offers PIPELINING, the same replies checked in the same
-        order. A reused connection that drops before the message itself went out (an idle
-        timeout) is reopened once at once: nothing of the message was sent on it."""
-        for retry_idle in (True, False):
-            reused = self._conn is not None
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                replies = self._conn.send_one(sender, address, message)
-            except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                body_sent = self._conn is not None and self._conn.body_sent
-                self._drop()
-                if reused and retry_idle and not body_sent:
-                    continue
-                raise MailError(f"connection failed: {exc}") from exc
-            except smtplib.SMTPException as exc:
-                self._drop()
-                raise MailError(f"connection failed: {exc}", getattr(exc, "smtp_code", None)) from exc
-            break
-        for (code, reply), accepted in zip(replies, ((250,), (250, 251), (250,)), strict=False):
-            self._check(self._conn, code, reply, accepted)
+    @staticmethod
+    def _pipelined_envelope(conn: smtplib.SMTP, sender: str, address: str,
+                            options: list[str]) -> list[tuple[int, bytes]]:
+        """MAIL, RCPT and DATA in one write (RFC 2920), then their three replies in order.
+        Nothing of the message is sent yet, so a connection found dead here lost nothing."""
+        extra = (" " + " ".join(options)) if options else ""
+        commands = f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{address}>\r\nDATA\r\n"
+        conn.send(commands.encode("utf-8"))
+        return [conn.getreply() for _ in range(3)]
+
+    def _send_pipelined_data(self, conn: smtplib.SMTP, replies: list[tuple[int, bytes]],
+                             message: bytes) -> None:
+        (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
+        try:
+            failed = None
+            if mail_code != 250:
+                failed = (mail_code, mail_reply)
+            elif rcpt_code not in (250, 251):
+                failed = (rcpt_code, rcpt_reply)
+            elif data_code != 354:
+                failed = (data_code, data_reply)
+            if failed is not None:
+                if data_code == 354:  # the server wants data although the envelope failed
+                    conn.send(b".\r\n")
+                    conn.getreply()
+                self._check(conn, failed[0], failed[1], ())
+            conn.send(_stuffed(message))  # dot-stuffed and ended as SMTP.data does, faster
+            code, reply = conn.getreply()
+            self._check(conn, code, reply, (250,))
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise MailError(f"connection failed: {exc}") from exc
 
     def _check(self, conn: smtplib.SMTP, code: int, reply: bytes, accepted: tuple[int, ...]) -> None:
         if code in accepted:

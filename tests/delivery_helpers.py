@@ -47,6 +47,14 @@ class FaultHandler:
         self.data_count = 0
         self.dropped = 0
 
+    pipelining = True  # offer PIPELINING (RFC 2920): the sender then sends MAIL, RCPT, DATA at once
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
         if self.faults is not None:
             reply = self.faults(address)

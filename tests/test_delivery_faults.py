@@ -215,3 +215,41 @@ def test_rate_limit_and_window(make_app, smtp_server):
     assert delivery.seconds_until_window(window, datetime(2026, 11, 25, 5, 0, tzinfo=UTC), zone) == 3600
     night = delivery.parse_window("22:00-06:00")
     assert delivery.seconds_until_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), zone) == 0
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
+def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelining):
+    from newsletter.mail import MailError, SMTPTransport
+
+    handler = fault_server(smtp_server)
+    handler.pipelining = pipelining
+    replies = {"bad@example.se": "550 5.1.1 no such user", "later@example.se": "451 4.7.1 later",
+               "closing@example.se": "421 4.3.2 shutting down"}
+    handler.faults = replies.get
+    message = b"Subject: hej\r\nFrom: a@example.se\r\nTo: x@example.se\r\n\r\n.leading dot\r\nbody\r\n"
+    transport = SMTPTransport(smtp_server.url)
+    try:
+        transport.send("a@example.se", "ok1@example.se", message)
+        assert transport.pipelining is pipelining
+        first = transport._conn
+        with pytest.raises(MailError) as refused:
+            transport.send("a@example.se", "bad@example.se", message)
+        assert refused.value.code == 550 and refused.value.permanent
+        with pytest.raises(MailError) as later:
+            transport.send("a@example.se", "later@example.se", message)
+        assert later.value.code == 451 and not later.value.permanent
+        assert transport._conn is first  # refusals keep the connection (RSET)
+        with pytest.raises(MailError) as closing:
+            transport.send("a@example.se", "closing@example.se", message)
+        assert closing.value.code == 421 and transport._conn is None  # 421: the connection is gone
+        transport.send("a@example.se", "ok2@example.se", message)  # a new connection
+        handler.drop_every = 1
+        with pytest.raises(MailError) as dropped:
+            transport.send("a@example.se", "ok3@example.se", message)
+        assert dropped.value.code is None and transport._conn is None
+        handler.drop_every = 0
+        transport.send("a@example.se", "ok4@example.se", message)
+    finally:
+        transport.close()
+    assert sorted(handler.counts()) == ["ok1@example.se", "ok2@example.se", "ok4@example.se"]
+    assert all(b"\r\n.leading dot\r\n" in data for _, _, data in handler.messages)  # dot-stuffing undone

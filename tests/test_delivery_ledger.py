@@ -88,3 +88,38 @@ def test_personal_links_are_the_tokens_the_token_module_makes_and_reads(app):
                 raise AssertionError("the fast token differs from itsdangerous'")
         other = tokens.read_subscriber_token("preferences", values["preferences_url"].rsplit("/", 1)[1])
         assert other.uid == person.uid
+
+
+def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from newsletter.models import utcnow
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = delivery._HOST
+    with app.app_context():
+        digest_id = _seed(6)
+        delivery.start_send(digest_id)
+        ids = list(db.session.execute(db.select(Delivery.id).order_by(Delivery.id)).scalars())
+        claims = [
+            ("sending", f"{host}:{gone.pid}:0:aa", utcnow()),  # a dead sender's message in flight
+            ("queued", f"{host}:{gone.pid}:0:bb", utcnow()),  # a dead sender's reservation
+            ("sending", f"{delivery.process_owner()}:cc", utcnow()),  # this process: alive
+            ("sending", "elsewhere:123:0:dd", utcnow() - timedelta(hours=1)),  # silent for an hour
+            ("sending", "elsewhere:124:0:ee", utcnow()),  # another machine, busy just now
+        ]
+        for delivery_id, (state, owner, when) in zip(ids, claims, strict=False):
+            db.session.execute(update(Delivery).where(Delivery.id == delivery_id)
+                               .values(state=state, claimed_by=owner, updated_at=when))
+        db.session.commit()
+        assert delivery.recover_stale(digest_id) == 3
+        rows = {row.id: row for row in db.session.execute(db.select(Delivery)).scalars()}
+        assert [(rows[i].state, rows[i].claimed_by) for i in ids[:2]] == [("queued", None)] * 2
+        assert rows[ids[2]].claimed_by.endswith(":cc") and rows[ids[2]].state == "sending"
+        assert (rows[ids[3]].state, rows[ids[3]].claimed_by) == ("queued", None)
+        assert rows[ids[4]].claimed_by == "elsewhere:124:0:ee"

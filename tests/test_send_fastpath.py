@@ -158,37 +158,6 @@ class _PipeliningServer:
                     return
 
 
-def test_send_one_pipelines_and_reports_each_reply():
-    server = _PipeliningServer()
-    conn = mail.FastSMTP("127.0.0.1", server.port)
-    try:
-        conn.ehlo()
-        assert conn.has_extn("pipelining")
-        message = b"Subject: x\r\n\r\n.dot\r\nbody\r\n"
-        replies = conn.send_one("bounce@example.com", "reader@example.com", message)
-        assert [code for code, _ in replies] == [250, 250, 250] and conn.body_sent
-        refused = conn.send_one("bounce@example.com", "slow@example.com", message)
-        assert [code for code, _ in refused] == [250, 451, 554] and not conn.body_sent
-        conn.rset()
-        assert conn.send_one("bounce@example.com", "other@example.com", message)[2][0] == 250
-    finally:
-        conn.quit()
-    assert server.messages == [("reader@example.com", message), ("other@example.com", message)]
-
-
-def test_send_one_without_pipelining_stops_at_the_first_refusal(smtp_server):
-    smtp_server.handler.faults = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("gone") else None
-    conn = mail.FastSMTP("127.0.0.1", smtp_server.port)
-    try:
-        conn.ehlo()
-        assert [c for c, _ in conn.send_one("b@example.com", "gone@example.com", b"x\r\n")] == [250, 550]
-        conn.rset()
-        assert [c for c, _ in conn.send_one("b@example.com", "here@example.com", b"x\r\n")] == [250, 250, 250]
-    finally:
-        conn.quit()
-    assert [rcpts for _, rcpts, _ in smtp_server.handler.messages] == [["here@example.com"]]
-
-
 def test_transport_send_pipelines_and_raises_the_first_refusal():
     server = _PipeliningServer()
     transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}")
