@@ -82,6 +82,10 @@ def launch(digest_id: int) -> None:
     dispatch_send.apply_async((digest_id,), queue=config["CELERY_QUEUE"])
 
 
+def _tick() -> None:
+    """Nothing: wakes the worker's event loop (see _resume_on_worker_start)."""
+
+
 @celery.task(name="newsletter.dispatch_send", acks_late=True)
 def dispatch_send(digest_id: int) -> int:
     """Pin the recipients, then queue a batch task per SEND_BATCH_SIZE open rows."""
@@ -126,10 +130,17 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
 
 
 @signals.worker_ready.connect
-def _resume_on_worker_start(**_kwargs) -> None:
+def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     """A worker starting finishes what dead senders left: stale claims back, sends dispatched."""
     from . import delivery
     from .extensions import db
+
+    # The threads pool acknowledges a finished task only when the worker's event loop wakes
+    # up (celery#6941); with late acks and nothing else arriving it would never take the
+    # next batch. A timer that ticks keeps the loop awake (harmless for the other pools).
+    timer = getattr(sender, "timer", None)
+    if timer is not None:
+        timer.call_repeatedly(0.2, _tick)
 
     app = flask_app()
     with app.app_context():
