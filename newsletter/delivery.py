@@ -83,6 +83,16 @@ class SendStopped(SystemExit):  # noqa: N818  (an exit, like SystemExit)
     """The process was asked to stop (SIGTERM/SIGINT): the send was left cleanly, resumable."""
 
 
+# Set by stop_all_sends(): every send of this process finishes its messages in flight and stops.
+_process_stop = threading.Event()
+
+
+def stop_all_sends() -> None:
+    """Ask every send running in this process (threads, scheduler jobs) to stop cleanly; for a
+    process shutting down that did not get the signal itself in the sending thread."""
+    _process_stop.set()
+
+
 def personal_values(subscriber: Subscriber) -> dict[str, str]:
     """The per-recipient slot values of a bulk message."""
     public_url = current_app.config["PUBLIC_URL"]
@@ -419,7 +429,7 @@ class ProcessSender:
             watcher.join(5)
 
     def _should_stop(self) -> bool:
-        return self.stop.is_set() or self.halt.is_set()
+        return self.stop.is_set() or self.halt.is_set() or _process_stop.is_set()
 
     def _watch(self) -> None:
         """Every SEND_POLL_SECONDS: is the digest still "sending"? Workers obey the answer."""
@@ -442,23 +452,43 @@ class ProcessSender:
     def _connection(self, number: int) -> None:
         with self.app.app_context():
             transport = transport_from_url()
+            failures = 0
             try:
                 while not self._should_stop():
-                    if not self._wait_for_window():
-                        break
                     token = _claim_token()
-                    items = self._reserve(token)
-                    if items:
-                        self._send_batch(transport, items)
-                        continue
-                    if not self._nothing_due():
-                        break
-            except Exception:
-                log.exception("sender %s of digest %s failed", number, self.digest_id)
-                raise
+                    try:
+                        if not self._wait_for_window():
+                            break
+                        items = self._reserve(token)
+                        if items:
+                            self._send_batch(transport, items)
+                        elif not self._nothing_due():
+                            break
+                        failures = 0
+                    except Exception:  # noqa: BLE001  (the database went away, most likely)
+                        failures += 1
+                        log.exception("sender %s of digest %s failed (%d in a row)", number,
+                                      self.digest_id, failures)
+                        db.session.rollback()
+                        self._release_token(token)
+                        if failures >= 5:  # give up, like a crash: the next run resumes
+                            log.error("digest %s: too many errors, this sender stops", self.digest_id)
+                            self.halt.set()
+                            break
+                        self.halt.wait(self.settings.poll_seconds * 2 ** failures)
             finally:
                 transport.close()
                 db.session.remove()
+
+    def _release_token(self, token: str) -> None:
+        """After an error: hand back this claim's rows, like a crash would (the ones in flight
+        may have gone out: the in-flight bound)."""
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(update(Delivery).where(Delivery.claimed_by == token, Delivery.state.in_(
+                    OPEN_STATES)).values(state="queued", claimed_by=None, updated_at=utcnow()))
+        except Exception:  # noqa: BLE001  (still no database: recover_stale does it later)
+            log.exception("could not hand back the claim %s", token)
 
     def _wait_for_window(self) -> bool:
         while not self._should_stop():
@@ -791,7 +821,7 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
             while child.is_alive():
                 child.join(0.5)
     db.session.expire_all()
-    if stop.is_set():
+    if stop.is_set() or _process_stop.is_set():
         raise SendStopped(143)
     finish_send(digest_id)  # e.g. every row was already final
     return send_progress(digest_id)

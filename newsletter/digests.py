@@ -129,39 +129,53 @@ class DigestRenderer:
         self.digest = digest
         self.articles: list[Article] = list(digest.articles)
         self.topic_ids = {article.topic_id for article in self.articles}
-        self._messages: dict[tuple[str, frozenset], PreparedMessage | None] = {}
+        self._messages: dict[tuple[str, frozenset], PreparedMessage] = {}
         self._lock = threading.Lock()
         zone = ZoneInfo(current_app.config["TIMEZONE"])
         self.local_date = (digest.compiled_for or utcnow()).astimezone(zone)
         self.zone = zone
+        self._languages = frozenset(current_app.config["LANGUAGES"])
+        self._default_locale = current_app.config["DEFAULT_LOCALE"]
+        self._orphans = frozenset(self.topic_ids & {None})  # articles whose topic was deleted
+        self._everything = frozenset(self.topic_ids)
 
     # which variant a subscriber gets
 
     def variant(self, subscriber: Subscriber) -> tuple[str, frozenset] | None:
         """(locale, topic ids shown) for this subscriber; None when nothing is for them."""
-        followed = {topic.id for topic in subscriber.topics}
+        return self.variant_for(subscriber.language, [topic.id for topic in subscriber.topics])
+
+    def variant_for(self, language: str | None, followed) -> tuple[str, frozenset] | None:
+        """`variant` from plain values, for a sender that streams rows instead of ORM objects:
+        the subscriber's language and the ids of the topics they follow (empty: all topics)."""
         if not followed:  # no topics chosen means all topics
-            shown = set(self.topic_ids)
+            shown = self._everything
         else:
-            shown = self.topic_ids & followed
+            shown = self.topic_ids.intersection(followed)
             if not shown:  # none of their topics has an article this time: they get nothing
                 return None
             # An article whose topic was deleted since goes to everyone.
-            shown |= self.topic_ids & {None}
+            shown = frozenset(shown | self._orphans)
         if not shown:
             return None
-        return _locale(subscriber.language), frozenset(shown)
+        return (language if language in self._languages else self._default_locale), shown
 
     def message_for(self, subscriber: Subscriber) -> PreparedMessage | None:
         """The prepared message for this subscriber (cached per variant), or None."""
         key = self.variant(subscriber)
-        if key is None:
-            return None
-        with self._lock:
-            if key not in self._messages:
-                subject, text, html = self.render(key[0], key[1], personal=True)
-                self._messages[key] = mail.prepare_message(subject=subject, text=text, html=html, bulk=True)
-            return self._messages[key]
+        return None if key is None else self.message_for_variant(key)
+
+    def message_for_variant(self, key: tuple[str, frozenset]) -> PreparedMessage:
+        """The prepared message of a variant (from `variant_for`), rendered on first use only."""
+        message = self._messages.get(key)  # no lock on the hot path: a dict read is atomic
+        if message is None:
+            with self._lock:
+                message = self._messages.get(key)
+                if message is None:
+                    subject, text, html = self.render(key[0], key[1], personal=True)
+                    message = mail.prepare_message(subject=subject, text=text, html=html, bulk=True)
+                    self._messages[key] = message
+        return message
 
     def render_public(self, locale: str) -> tuple[str, str, str]:
         """(subject, text, html) with every topic and no personal link: preview and archive."""

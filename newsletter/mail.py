@@ -19,12 +19,14 @@ import binascii
 import hashlib
 import logging
 import os
+import re
 import secrets
 import smtplib
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
@@ -87,6 +89,8 @@ def list_id() -> str:
 
 def smtp_address(email: str) -> tuple[str, bool]:
     """The address as SMTP wants it: IDN domain as punycode; True if it still needs SMTPUTF8."""
+    if email.isascii() and "@" in email:  # the IDNA codec leaves an ASCII domain as it is
+        return email, False
     local, _, domain = email.rpartition("@")
     try:
         domain = domain.encode("idna").decode("ascii")
@@ -249,31 +253,55 @@ class PreparedMessage:
         self.slots.append((name, encoding))
 
     def render(self, values: dict[str, str]) -> bytes:
-        """The message for one recipient. Missing to/message_id/date are made up here."""
-        parts = [self.chunks[0]]
-        for (name, encoding), chunk in zip(self.slots, self.chunks[1:], strict=False):
+        """The message for one recipient. Missing to/message_id/date are made up here.
+
+        The hot path of a bulk send (about 7 µs for a 30 KB message): joins the
+        prepared chunks with the encoded values; a value that fills two slots with
+        the same encoding (a link in the text and the HTML part) is encoded once.
+        """
+        chunks = self.chunks
+        parts = [chunks[0]]
+        append = parts.append
+        encoded: dict[str, bytes] = {}  # quoted-printable of each body value, by its text
+        for index, (name, encoding) in enumerate(self.slots, 1):
             value = values.get(name)
             if value is None:
                 value = _default_slot_value(name, self.domain)
             if encoding == "header":
                 if "\r" in value or "\n" in value:
                     raise ValueError(f"line break in the value of {name}")
-                parts.append(value.encode("utf-8"))
+                append(value.encode("utf-8"))
             else:
                 if encoding == "html":
                     value = str(escape(value))
-                # Soft line breaks around the value keep every line within 76 characters.
-                parts.append(b"=\r\n" + _qp(value) + b"=\r\n")
-            parts.append(chunk)
+                data = encoded.get(value)
+                if data is None:
+                    # Soft line breaks around the value keep every line within 76 characters.
+                    data = encoded[value] = b"=\r\n" + _qp(value) + b"=\r\n"
+                append(data)
+            append(chunks[index])
         message = b"".join(parts)
         return self.signer.sign(message) if self.signer is not None else message
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _message_date() -> str:
+    """The Date header value for now, formatted once a second (formatting costs ~8 µs)."""
+    global _date_cache
+    second = int(time.time())
+    cached = _date_cache
+    if cached[0] != second:
+        cached = _date_cache = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return cached[1]
 
 
 def _default_slot_value(name: str, domain: str) -> str:
     if name == "message_id":
         return new_message_id(domain)
     if name == "date":
-        return format_datetime(utcnow())
+        return _message_date()
     raise KeyError(f"no value for slot {name!r}")
 
 
@@ -386,6 +414,59 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+_PLAIN_ADDRESS = re.compile(r'[^\s<>()\[\]",;:\\@]+@[^\s<>()\[\]",;:\\@]+')
+
+
+class _FastCommands:
+    """smtplib.SMTP without its two per-message costs that a bulk send notices.
+
+    DATA: smtplib dot-stuffs with a multi-line regex over the whole message (~150 µs
+    for 30 KB); our messages are bytes with CRLF line ends already, so `bytes.replace`
+    does the same in a few µs. MAIL/RCPT: smtplib parses every address with
+    email.utils.parseaddr (~35 µs each); a plain address only needs its angle brackets.
+    Replies, errors and everything else are smtplib's own.
+    """
+
+    def mail(self, sender, options=()):
+        if options or not _PLAIN_ADDRESS.fullmatch(sender):
+            return super().mail(sender, options)
+        self.putcmd("mail", f"FROM:<{sender}>")
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):
+        if options or not _PLAIN_ADDRESS.fullmatch(recip):
+            return super().rcpt(recip, options)
+        self.putcmd("rcpt", f"TO:<{recip}>")
+        return self.getreply()
+
+    def data(self, msg):
+        if not isinstance(msg, bytes) or self.debuglevel > 0:
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        self.send(_stuffed(msg))
+        return self.getreply()
+
+
+def _stuffed(msg: bytes) -> bytes:
+    """The message as DATA sends it: a line that starts with "." gets one more (RFC 5321
+    4.5.2, what smtplib's regex does), then the end mark."""
+    stuffed = msg.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + (b".\r\n" if stuffed.endswith(_CRLF) else b"\r\n.\r\n")
+
+
+class FastSMTP(_FastCommands, smtplib.SMTP):
+    pass
+
+
+class FastSMTP_SSL(_FastCommands, smtplib.SMTP_SSL):  # noqa: N801  (named after smtplib's)
+    pass
+
+
 class SMTPTransport:
     """One SMTP connection, opened on first use and reused until closed or dropped."""
 
@@ -404,10 +485,9 @@ class SMTPTransport:
         # Only TLS needs the context (loading the CA store costs a good part of a connect).
         context = ssl.create_default_context() if self.scheme in ("smtps", "smtp+starttls") else None
         if self.scheme == "smtps":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                                  context=context)
+            conn: smtplib.SMTP = FastSMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            conn = FastSMTP(self.host, self.port, timeout=self.timeout)
         conn.ehlo()
         if self.scheme == "smtp+starttls":
             conn.starttls(context=context)
@@ -491,10 +571,7 @@ class SMTPTransport:
                     conn.send(b".\r\n")
                     conn.getreply()
                 self._check(conn, failed[0], failed[1], ())
-            quoted = smtplib._quote_periods(message)  # type: ignore[attr-defined]  (as SMTP.data)
-            if not quoted.endswith(b"\r\n"):
-                quoted += b"\r\n"
-            conn.send(quoted + b".\r\n")
+            conn.send(_stuffed(message))  # dot-stuffed and ended as SMTP.data does, faster
             code, reply = conn.getreply()
             self._check(conn, code, reply, (250,))
         except (smtplib.SMTPException, OSError) as exc:

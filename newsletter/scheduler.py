@@ -235,6 +235,7 @@ def run(app: Flask) -> None:
             scheduler.start()
         except (KeyboardInterrupt, SystemExit):
             log.info("scheduler stopping")
+            delivery.stop_all_sends()  # a send in a job finishes its messages in flight, then stops
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=True)

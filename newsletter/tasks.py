@@ -35,11 +35,11 @@ _configured_for: str | None = None
 _lock = threading.Lock()
 
 
-def configure(broker_url: str, visibility_timeout: int = 3600) -> Celery:
-    """Point the Celery app at the broker (once per process and broker)."""
+def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "newsletter") -> Celery:
+    """Point the Celery app at the broker and queue (once per process, broker and queue)."""
     global _configured_for
     with _lock:
-        if _configured_for != broker_url:
+        if _configured_for != f"{broker_url} {queue}":
             celery.conf.update(
                 broker_url=broker_url,
                 result_backend=None,
@@ -51,15 +51,15 @@ def configure(broker_url: str, visibility_timeout: int = 3600) -> Celery:
                 worker_prefetch_multiplier=1,
                 broker_connection_retry_on_startup=True,
                 broker_transport_options={"visibility_timeout": visibility_timeout},
-                task_default_queue="newsletter",
+                task_default_queue=queue,
             )
-            _configured_for = broker_url
+            _configured_for = f"{broker_url} {queue}"
     return celery
 
 
 # A worker (`celery -A newsletter.tasks worker`) reads the broker from the environment.
 if Config.BROKER_URL:
-    configure(Config.BROKER_URL, Config.CELERY_VISIBILITY_TIMEOUT)
+    configure(Config.BROKER_URL, Config.CELERY_VISIBILITY_TIMEOUT, Config.CELERY_QUEUE)
 
 
 def flask_app() -> Flask:
@@ -78,8 +78,12 @@ def flask_app() -> Flask:
 def launch(digest_id: int) -> None:
     """Queue the send of a digest (called by delivery.launch_send when BROKER_URL is set)."""
     config = current_app.config
-    configure(config["BROKER_URL"], config["CELERY_VISIBILITY_TIMEOUT"])
-    dispatch_send.delay(digest_id)
+    configure(config["BROKER_URL"], config["CELERY_VISIBILITY_TIMEOUT"], config["CELERY_QUEUE"])
+    dispatch_send.apply_async((digest_id,), queue=config["CELERY_QUEUE"])
+
+
+def _tick() -> None:
+    """Nothing: wakes the worker's event loop (see _resume_on_worker_start)."""
 
 
 @celery.task(name="newsletter.dispatch_send", acks_late=True)
@@ -100,7 +104,7 @@ def dispatch_send(digest_id: int) -> int:
             if not ranges:
                 delivery.finish_send(digest_id)
             for first, last in ranges:
-                send_batch.delay(digest_id, first, last)
+                send_batch.apply_async((digest_id, first, last), queue=app.config["CELERY_QUEUE"])
             log.info("digest %s: %d batches queued", digest_id, len(ranges))
             return len(ranges)
         finally:
@@ -120,22 +124,30 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
         finally:
             db.session.remove()
     if result.get("retry_after") is not None:  # rows waiting for a retry: come back for them
-        send_batch.apply_async((digest_id, first_id, last_id), countdown=max(result["retry_after"], 0.1))
+        send_batch.apply_async((digest_id, first_id, last_id), countdown=max(result["retry_after"], 0.1),
+                               queue=app.config["CELERY_QUEUE"])
     return result
 
 
 @signals.worker_ready.connect
-def _resume_on_worker_start(**_kwargs) -> None:
+def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     """A worker starting finishes what dead senders left: stale claims back, sends dispatched."""
     from . import delivery
     from .extensions import db
+
+    # The threads pool acknowledges a finished task only when the worker's event loop wakes
+    # up (celery#6941); with late acks and nothing else arriving it would never take the
+    # next batch. A timer that ticks keeps the loop awake (harmless for the other pools).
+    timer = getattr(sender, "timer", None)
+    if timer is not None:
+        timer.call_repeatedly(0.2, _tick)
 
     app = flask_app()
     with app.app_context():
         try:
             for digest_id in delivery.resume_interrupted():
                 log.info("worker start: resuming the send of digest %s", digest_id)
-                dispatch_send.delay(digest_id)
+                dispatch_send.apply_async((digest_id,), queue=app.config["CELERY_QUEUE"])
         except Exception:  # noqa: BLE001  (the worker must start even if the database is away)
             log.exception("could not resume interrupted sends")
         finally:

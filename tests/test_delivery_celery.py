@@ -3,6 +3,8 @@ processes; one is killed with SIGKILL in the middle of a send and another finish
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -42,17 +44,21 @@ SETTINGS = {
 
 @pytest.fixture
 def broker_url():
+    """The shared Redis, with a queue of this test's own (other test runs may use the same
+    Redis database at the same time); its keys are deleted afterwards."""
     url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    queue = f"newsletter-test-{os.getpid()}-{secrets.token_hex(4)}"
+    yield url, queue
     client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    for key in client.scan_iter(f"*{queue}*"):
+        client.delete(key)
     client.close()
 
 
 @pytest.fixture
 def celery_app(make_app, smtp_server, broker_url):
-    return make_app(MAIL_URL=smtp_server.url, BROKER_URL=broker_url, **SETTINGS)
+    url, queue = broker_url
+    return make_app(MAIL_URL=smtp_server.url, BROKER_URL=url, CELERY_QUEUE=queue, **SETTINGS)
 
 
 @pytest.fixture
@@ -61,11 +67,13 @@ def workers(celery_app, tmp_path):
     log = tmp_path / "worker.log"
 
     def start() -> subprocess.Popen:
-        env = cli_env(celery_app, BROKER_URL=celery_app.config["BROKER_URL"], **SETTINGS)
+        env = cli_env(celery_app, BROKER_URL=celery_app.config["BROKER_URL"],
+                      CELERY_QUEUE=celery_app.config["CELERY_QUEUE"], **SETTINGS)
         env["PYTHONPATH"] = str(ROOT)
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [CELERY, "-A", "newsletter.tasks", "worker", "-P", "threads", "-c", str(CONCURRENCY),
+                [CELERY, "-A", "newsletter.tasks", "worker", "-Q", celery_app.config["CELERY_QUEUE"],
+                 "-P", "threads", "-c", str(CONCURRENCY),
                  "-l", "INFO", "--without-heartbeat", "--without-mingle", "--without-gossip",
                  "-n", f"w{len(started)}@%h"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

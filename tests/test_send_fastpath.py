@@ -1,0 +1,172 @@
+"""The bulk-send hot path (issue 4, "Fast"): same bytes and same choices as the slow way.
+
+FastSMTP's own dot-stuffing and address quoting against a real SMTP server, the
+prepared message's render against a straightforward re-implementation, and the
+row-based variant lookup against the ORM one.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import pytest
+from markupsafe import escape
+
+from newsletter import mail
+from newsletter.digests import DigestRenderer
+from newsletter.models import Article, Digest, Subscriber, Topic
+
+
+def _reference_render(prepared: mail.PreparedMessage, values: dict[str, str]) -> bytes:
+    """What render must produce: each slot encoded on its own, no caching."""
+    parts = [prepared.chunks[0]]
+    for (name, encoding), chunk in zip(prepared.slots, prepared.chunks[1:], strict=True):
+        value = values[name]
+        if encoding == "header":
+            parts.append(value.encode())
+        else:
+            if encoding == "html":
+                value = str(escape(value))
+            parts.append(b"=\r\n" + mail._qp(value) + b"=\r\n")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def test_render_matches_the_reference_and_makes_up_date_and_message_id(app):
+    with app.app_context():
+        prepared = mail.prepare_message(
+            subject="Veckans nyheter – åäö",
+            text=f"Hej!\n.en rad som börjar med punkt\nAvsluta: {mail.slot('unsubscribe_url')}\n"
+                 f"Inställningar: {mail.slot('preferences_url')}\n",
+            html=f'<p><a href="{mail.slot("unsubscribe_url")}">Avsluta</a> '
+                 f'<a href="{mail.slot("preferences_url")}">Inställningar</a></p>',
+            bulk=True,
+        )
+        values = {
+            "to": "läsare@example.com",
+            "message_id": "<1.2@norrsken.example>",
+            "date": "Mon, 23 Nov 2026 07:00:00 +0000",
+            # an "&" is escaped in the HTML part only: the cache must keep the two apart
+            "unsubscribe_url": "http://newsletter.test/unsubscribe/abc?x=1&y=" + "z" * 90,
+            "preferences_url": "http://newsletter.test/preferences/abc",
+        }
+        assert prepared.render(values) == _reference_render(prepared, values)
+
+        made_up = prepared.render({k: v for k, v in values.items() if k not in ("date", "message_id")})
+        headers = made_up.split(b"\r\n\r\n", 1)[0].decode().replace("\r\n", "\n")
+        date = re.search(r"^Date: (.+)$", headers, re.M).group(1)
+        assert abs((parsedate_to_datetime(date) - datetime.now(UTC)).total_seconds()) < 5
+        assert date.endswith("+0000")
+        first = re.search(r"^Message-ID: (<[^>]+@norrsken\.example>)$", headers, re.M).group(1)
+        again = prepared.render({"to": "x@example.com", **{k: values[k] for k in ("unsubscribe_url",
+                                                                                  "preferences_url")}})
+        assert first not in again.decode()  # a new Message-ID every time
+
+
+def test_fast_smtp_stuffs_dots_and_quotes_addresses_like_smtplib(smtp_server):
+    transport = mail.SMTPTransport(smtp_server.url)
+    message = (b"Subject: dots\r\nFrom: a@example.com\r\n\r\n.first line\r\nmiddle\r\n..two\r\n."
+               b"\r\nlast without line end")
+    try:
+        transport.send("bounce@example.com", "reader@example.com", message)
+        transport.send("bounce@example.com", "reader2@example.com", message + b"\r\n")
+    finally:
+        transport.close()
+    mail_from, rcpts, data = smtp_server.handler.messages[0]
+    assert (mail_from, rcpts) == ("bounce@example.com", ["reader@example.com"])
+    assert data == message + b"\r\n"
+    assert smtp_server.handler.messages[1][2] == message + b"\r\n"
+
+
+def test_fast_smtp_reports_a_refused_recipient(smtp_server):
+    smtp_server.handler.faults = lambda rcpt: "451 4.7.1 try later" if rcpt.startswith("slow") else None
+    transport = mail.SMTPTransport(smtp_server.url)
+    try:
+        with pytest.raises(mail.MailError) as refused:
+            transport.send("bounce@example.com", "slow@example.com", b"Subject: x\r\n\r\nbody\r\n")
+        assert refused.value.code == 451 and not refused.value.permanent
+        transport.send("bounce@example.com", "fine@example.com", b"Subject: x\r\n\r\nbody\r\n")
+    finally:
+        transport.close()
+    assert [rcpts for _, rcpts, _ in smtp_server.handler.messages] == [["fine@example.com"]]
+
+
+def test_variant_for_rows_agrees_with_variant_for_subscribers(app):
+    with app.app_context():
+        news, blog, press = Topic(id=1, slug="n"), Topic(id=2, slug="b"), Topic(id=3, slug="p")
+        digest = Digest(compiled_for=datetime(2026, 11, 23, 6, tzinfo=UTC), intro="")
+        digest.articles = [Article(topic_id=1), Article(topic_id=2), Article(topic_id=None)]
+        renderer = DigestRenderer(digest)
+        cases = [([], "sv"), ([news], "en"), ([blog, press], "sv"), ([press], "sv"), ([news], "de"),
+                 ([news, blog], None)]
+        for topics, language in cases:
+            subscriber = Subscriber(email="x@example.com", language=language, topics=topics)
+            expected = renderer.variant(subscriber)
+            assert renderer.variant_for(language, [t.id for t in topics]) == expected
+        assert renderer.variant_for("en", [3]) is None  # follows only a topic with nothing new
+        assert renderer.variant_for("de", []) == ("sv", frozenset({1, 2, None}))
+        assert renderer.variant_for("en", [1]) == ("en", frozenset({1, None}))
+
+
+class _PipeliningServer:
+    """A tiny SMTP server that offers PIPELINING, refuses RCPT to slow*@ with 451 (and then
+    DATA with 554, as RFC 2920 says), and keeps what it receives; one connection at a time."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.messages: list[tuple[str, bytes]] = []
+        self.reads = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            conn, _ = self.sock.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 test\r\n")
+            rcpt, ok = "", False
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-test\r\n250 PIPELINING\r\n")
+                elif verb == b"MAIL":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    rcpt = line[9:].strip().strip(b"<>").decode()
+                    ok = not rcpt.startswith("slow")
+                    conn.sendall(b"250 ok\r\n" if ok else b"451 4.7.1 later\r\n")
+                elif verb == b"DATA":
+                    if not ok:
+                        conn.sendall(b"554 no valid recipients\r\n")
+                        continue
+                    conn.sendall(b"354 go\r\n")
+                    body = []
+                    for data in lines:
+                        if data == b".\r\n":
+                            break
+                        body.append(data[1:] if data.startswith(b".") else data)
+                    self.messages.append((rcpt, b"".join(body)))
+                    conn.sendall(b"250 queued\r\n")
+                elif verb == b"RSET":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+
+
+def test_transport_send_pipelines_and_raises_the_first_refusal():
+    server = _PipeliningServer()
+    transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}")
+    try:
+        transport.send("bounce@example.com", "reader@example.com", b"Subject: a\r\n\r\nbody\r\n")
+        with pytest.raises(mail.MailError) as refused:
+            transport.send("bounce@example.com", "slow@example.com", b"Subject: b\r\n\r\nbody\r\n")
+        assert refused.value.code == 451 and not refused.value.permanent
+        transport.send("bounce@example.com", "other@example.com", b"Subject: c\r\n\r\nbody\r\n")
+    finally:
+        transport.close()
+    assert [rcpt for rcpt, _ in server.messages] == ["reader@example.com", "other@example.com"]
