@@ -376,7 +376,12 @@ class SMTPTransport:
                     conn.send(b".\r\n")
                     conn.getreply()
                 self._check(conn, failed[0], failed[1], ())
-            quoted = smtplib._quote_periods(message)  # type: ignore[attr-defined]  (as SMTP.data)
+            # Dot-stuffing as SMTP.data does it; most messages have no line starting with a dot,
+            # and looking for one is much cheaper than the regular expression.
+            if b"\n." in message or message.startswith(b"."):
+                quoted = smtplib._quote_periods(message)  # type: ignore[attr-defined]
+            else:
+                quoted = message
             if not quoted.endswith(b"\r\n"):
                 quoted += b"\r\n"
             conn.send(quoted + b".\r\n")
