@@ -201,13 +201,19 @@ def _default_factory(digest: Digest) -> MessageFactory:
 _HOST = socket.gethostname()[:24]
 
 
-def _process_start(pid: int) -> str:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+def _process_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name (state first); [] if unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+            return handle.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return "0"
+        return []
+
+
+def _process_start(pid: int) -> str:
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    fields = _process_stat(pid)
+    return fields[19].decode() if len(fields) > 19 else "0"
 
 
 def process_owner() -> str:
@@ -234,7 +240,10 @@ def _owner_alive(token: str) -> bool | None:
         return False
     except PermissionError:
         pass
-    return start in ("0", _process_start(pid))
+    fields = _process_stat(pid)
+    if fields and fields[0] in (b"Z", b"X"):  # killed, not yet reaped (an orphan's zombie)
+        return False
+    return start == "0" or (len(fields) > 19 and fields[19].decode() == start) or not fields
 
 
 def recover_stale(digest_id: int | None = None) -> int:

@@ -29,7 +29,7 @@ from newsletter import delivery
 
 CELERY = str(Path(sys.executable).with_name("celery"))
 REDIS_DB = 13  # the delivery tests' own database on the shared Redis
-N = 1200
+N = 800
 INFLIGHT = 10
 CONCURRENCY = 2
 SETTINGS = {
