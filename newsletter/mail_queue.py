@@ -85,16 +85,18 @@ def _claim(size: int) -> list[QueuedEmail]:
     """Atomically claim up to `size` due rows for this flush; committed before anything is sent."""
     claim_id = secrets.token_hex(8)
     candidates = select(QueuedEmail.id).where(*_due()).order_by(QueuedEmail.id).limit(size)
-    if db.engine.dialect.name == "postgresql":  # let concurrent flushes take different rows
-        candidates = candidates.with_for_update(skip_locked=True)
-    # The WHERE is repeated on the UPDATE itself: a row another flush claimed meanwhile
-    # no longer matches (PostgreSQL re-checks it after the row lock), so it is not taken twice.
-    db.session.execute(
-        update(QueuedEmail)
-        .where(QueuedEmail.id.in_(candidates.scalar_subquery()), *_due())
-        .values(claimed_by=claim_id, claimed_until=utcnow() + timedelta(seconds=CLAIM_SECONDS))
-        .execution_options(synchronize_session=False)
-    )
+    claim = update(QueuedEmail).values(
+        claimed_by=claim_id, claimed_until=utcnow() + timedelta(seconds=CLAIM_SECONDS))
+    if db.engine.dialect.name == "postgresql":
+        # Concurrent flushes take different rows (SKIP LOCKED); a CTE joined by UPDATE … FROM,
+        # because as an IN (subquery) PostgreSQL may run the locking subquery once per row.
+        picked = candidates.with_for_update(skip_locked=True).cte("picked")
+        claim = claim.where(QueuedEmail.id == picked.c.id)
+    else:
+        # The WHERE is repeated on the UPDATE itself: a row another flush claimed meanwhile
+        # no longer matches, so it is not taken twice.
+        claim = claim.where(QueuedEmail.id.in_(candidates.scalar_subquery()), *_due())
+    db.session.execute(claim.execution_options(synchronize_session=False))
     db.session.commit()
     return list(db.session.execute(
         select(QueuedEmail).where(QueuedEmail.claimed_by == claim_id, QueuedEmail.sent_at.is_(None))

@@ -85,8 +85,17 @@ def status_command(limit: int) -> None:
             click.echo(f"      error: {digest.error}")
 
 
-def _counts(counts: dict) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counts.items() if n or name == "total")
+COUNT_KEYS = ("sent", "queued", "sending", "failed", "bounced", "skipped", "total")
+
+
+def _counts(progress: dict) -> str:
+    """The delivery counts of `send_progress`, e.g. "sent 120, failed 2, total 122"."""
+    text = ", ".join(f"{name} {progress[name]}" for name in COUNT_KEYS
+                     if progress.get(name) or name == "total")
+    if progress.get("status") == "sending" and progress.get("rate"):
+        text += f" ({progress['rate']:.0f}/s"
+        text += f", {progress['eta_seconds']} s left)" if progress.get("eta_seconds") is not None else ")"
+    return text
 
 
 def _language(lang: str | None) -> str:
