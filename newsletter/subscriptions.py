@@ -324,14 +324,8 @@ def _iso(value) -> str | None:
     return value.isoformat() if value else None
 
 
-def subscriber_data(subscriber: Subscriber) -> dict:
-    """Everything we hold about the person (GDPR access and portability)."""
-    events = db.session.execute(
-        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id).order_by(ConsentEvent.id)
-    ).scalars()
-    deliveries = db.session.execute(
-        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
-    ).scalars()
+def subscriber_profile(subscriber: Subscriber) -> dict:
+    """The person's subscription as plain data (the data export and the API share it)."""
     return {
         "email": subscriber.email,
         "name": subscriber.name,
@@ -342,6 +336,19 @@ def subscriber_data(subscriber: Subscriber) -> dict:
         "created_at": _iso(subscriber.created_at),
         "confirmed_at": _iso(subscriber.confirmed_at),
         "unsubscribed_at": _iso(subscriber.unsubscribed_at),
+    }
+
+
+def subscriber_data(subscriber: Subscriber) -> dict:
+    """Everything we hold about the person (GDPR access and portability)."""
+    events = db.session.execute(
+        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id).order_by(ConsentEvent.id)
+    ).scalars()
+    deliveries = db.session.execute(
+        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
+    ).scalars()
+    return {
+        **subscriber_profile(subscriber),
         "consent_events": [
             {"kind": e.kind, "source": e.source, "time": _iso(e.created_at), "wording_version":
              e.wording_version, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail}

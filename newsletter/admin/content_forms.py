@@ -16,7 +16,7 @@ from wtforms import (
 )
 from wtforms.validators import URL, InputRequired, Length, Optional
 
-LANGUAGE_CHOICES = [SelectChoice("sv", "Svenska"), SelectChoice("en", "English")]
+from ..public.forms import LANGUAGE_CHOICES
 
 
 def topic_choices(topics, locale: str) -> list[SelectChoice]:

@@ -13,20 +13,13 @@ from wtforms import (
     RadioField,
     SelectChoice,
     SelectField,
-    SelectMultipleField,
     StringField,
     SubmitField,
     TextAreaField,
 )
 from wtforms.validators import EqualTo, InputRequired, Length, Optional
-from wtforms.widgets import CheckboxInput, ListWidget
 
-LANGUAGE_CHOICES = [SelectChoice("sv", "Svenska"), SelectChoice("en", "English")]
-
-
-class MultiCheckboxField(SelectMultipleField):
-    widget = ListWidget(prefix_label=False)
-    option_widget = CheckboxInput()
+from ..public.forms import LANGUAGE_CHOICES, MultiCheckboxField
 
 
 class LoginForm(FlaskForm):

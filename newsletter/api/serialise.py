@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..models import Article, Digest, Subscriber
-from ..subscriptions import topic_slugs
+from ..subscriptions import subscriber_profile
 
 
 def iso(value: datetime | None) -> str | None:
@@ -13,18 +13,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 def subscriber_json(subscriber: Subscriber) -> dict:
-    return {
-        "uid": subscriber.uid,
-        "email": subscriber.email,
-        "name": subscriber.name,
-        "status": subscriber.status,
-        "language": subscriber.language,
-        "topics": topic_slugs(subscriber),
-        "follows_all_topics": not subscriber.topics,
-        "created_at": iso(subscriber.created_at),
-        "confirmed_at": iso(subscriber.confirmed_at),
-        "unsubscribed_at": iso(subscriber.unsubscribed_at),
-    }
+    return {"uid": subscriber.uid, **subscriber_profile(subscriber)}
 
 
 def article_json(article: Article) -> dict:
