@@ -320,7 +320,8 @@ def add_subscriber(email, *, name: str = "", language: str | None = None, topics
 # --- the person's data -----------------------------------------------------------------
 
 
-def _iso(value) -> str | None:
+def iso(value) -> str | None:
+    """A datetime as ISO 8601, None as None (for JSON)."""
     return value.isoformat() if value else None
 
 
@@ -333,9 +334,9 @@ def subscriber_profile(subscriber: Subscriber) -> dict:
         "language": subscriber.language,
         "topics": topic_slugs(subscriber),
         "follows_all_topics": not subscriber.topics,
-        "created_at": _iso(subscriber.created_at),
-        "confirmed_at": _iso(subscriber.confirmed_at),
-        "unsubscribed_at": _iso(subscriber.unsubscribed_at),
+        "created_at": iso(subscriber.created_at),
+        "confirmed_at": iso(subscriber.confirmed_at),
+        "unsubscribed_at": iso(subscriber.unsubscribed_at),
     }
 
 
@@ -350,12 +351,12 @@ def subscriber_data(subscriber: Subscriber) -> dict:
     return {
         **subscriber_profile(subscriber),
         "consent_events": [
-            {"kind": e.kind, "source": e.source, "time": _iso(e.created_at), "wording_version":
+            {"kind": e.kind, "source": e.source, "time": iso(e.created_at), "wording_version":
              e.wording_version, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail}
             for e in events
         ],
         "deliveries": [
-            {"digest": d.digest_id, "state": d.state, "sent_at": _iso(d.sent_at)} for d in deliveries
+            {"digest": d.digest_id, "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
         ],
     }
 
@@ -419,7 +420,7 @@ def export_subscribers_csv(stream: IO[str], *, status: str | None = None, topic:
         for row in batch:
             writer.writerow([
                 _spreadsheet_safe(row.email), row.status, row.language, ";".join(topics.get(row.id, ())),
-                _spreadsheet_safe(row.name), _iso(row.created_at) or "", _iso(row.confirmed_at) or "",
+                _spreadsheet_safe(row.name), iso(row.created_at) or "", iso(row.confirmed_at) or "",
             ])
         count += len(batch)
         last_id = batch[-1].id

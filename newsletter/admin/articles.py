@@ -24,13 +24,6 @@ def _locale() -> str:
     return str(get_locale() or "sv")
 
 
-def _article_or_404(article_id: int) -> Article:
-    article = db.session.get(Article, article_id)
-    if article is None:
-        abort(404)
-    return article
-
-
 def _with_topics(form):
     form.topic.choices = topic_choices(ensure_topics(), _locale())
     return form
@@ -77,7 +70,7 @@ def articles_new():
 @role_required("editor")
 def articles_edit(article_id: int):
     """Edit an article's title, link, summary, section, date, author and image."""
-    article = _article_or_404(article_id)
+    article = db.get_or_404(Article, article_id)
     form = _with_topics(ArticleForm(obj=article if request.method == "GET" else None))
     if request.method == "GET":
         form.topic.data = article.topic.slug if article.topic else None
@@ -108,14 +101,14 @@ def articles_edit(article_id: int):
 @role_required("editor")
 def articles_hide(article_id: int):
     """Leave an article out of the coming digest."""
-    return _set_hidden(_article_or_404(article_id), True)
+    return _set_hidden(db.get_or_404(Article, article_id), True)
 
 
 @bp.post("/articles/<int:article_id>/unhide")
 @role_required("editor")
 def articles_unhide(article_id: int):
     """Put a hidden article back into the coming digest."""
-    return _set_hidden(_article_or_404(article_id), False)
+    return _set_hidden(db.get_or_404(Article, article_id), False)
 
 
 def _set_hidden(article: Article, hidden: bool):

@@ -6,7 +6,7 @@ browser changes nothing, and the page picks the progress up again when it is ope
 
 from __future__ import annotations
 
-from flask import abort, flash, jsonify, redirect, render_template, url_for
+from flask import flash, jsonify, redirect, render_template, url_for
 from flask_babel import format_decimal
 from flask_babel import gettext as _
 from sqlalchemy import func, select
@@ -63,13 +63,6 @@ def progress_view(digest_id: int) -> dict:
     return progress
 
 
-def _digest_or_404(digest_id: int) -> Digest:
-    digest = db.session.get(Digest, digest_id)
-    if digest is None:
-        abort(404)
-    return digest
-
-
 @bp.get("/sends")
 @role_required("editor")
 def sends():
@@ -90,7 +83,7 @@ def sends():
 @role_required("editor")
 def sends_detail(digest_id: int):
     """One send: a live progress bar and the pause, resume and cancel buttons."""
-    digest = _digest_or_404(digest_id)
+    digest = db.get_or_404(Digest, digest_id)
     return render_template("admin/send.html", digest=digest, progress=progress_view(digest_id),
                            status_label=status_label)
 
@@ -99,7 +92,7 @@ def sends_detail(digest_id: int):
 @role_required("editor")
 def sends_progress(digest_id: int):
     """The send's progress as JSON: the page polls it every second."""
-    _digest_or_404(digest_id)
+    db.get_or_404(Digest, digest_id)
     response = jsonify(progress_view(digest_id))
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -125,7 +118,7 @@ def sends_cancel(digest_id: int):
 
 def _change(digest_id: int, action: str, change, done_message: str):
     """Pause, resume or cancel: a status change the workers obey; refused from the wrong state."""
-    digest = _digest_or_404(digest_id)
+    digest = db.get_or_404(Digest, digest_id)
     before = digest.status
     try:
         change(digest_id)

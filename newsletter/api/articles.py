@@ -10,7 +10,7 @@ from ..extensions import db
 from ..models import Article, Topic
 from . import bp, schemas
 from .audit import audit
-from .errors import ApiError
+from .errors import ApiError, get_or_404
 from .pagination import page
 from .serialise import article_json
 from .validation import invalid, json_body, query_params
@@ -24,10 +24,7 @@ def _service_fields(data: dict) -> dict:
 
 
 def _article_or_404(article_id: int) -> Article:
-    article = db.session.get(Article, article_id)
-    if article is None:
-        raise ApiError(404, "not_found", "No article with this id.")
-    return article
+    return get_or_404(Article, article_id, "No article with this id.")
 
 
 def _rejected(exc: ValueError) -> ApiError:

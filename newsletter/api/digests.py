@@ -11,7 +11,7 @@ from ..extensions import db
 from ..models import Digest, utcnow
 from . import bp, schemas
 from .audit import audit
-from .errors import ApiError
+from .errors import ApiError, get_or_404
 from .pagination import page
 from .serialise import digest_json, progress_json
 from .validation import json_body, query_params
@@ -22,10 +22,7 @@ ACTIONS = {"pause": delivery.pause_send, "resume": delivery.resume_send, "cancel
 
 
 def _digest_or_404(digest_id: int) -> Digest:
-    digest = db.session.get(Digest, digest_id)
-    if digest is None:
-        raise ApiError(404, "not_found", "No digest with this id.")
-    return digest
+    return get_or_404(Digest, digest_id, "No digest with this id.")
 
 
 def _detail(digest: Digest) -> dict:

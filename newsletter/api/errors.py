@@ -36,6 +36,16 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def get_or_404(model, key, message: str):
+    """The row of `model` with this primary key, or an ApiError 404 with `message`."""
+    from ..extensions import db
+
+    row = db.session.get(model, key)
+    if row is None:
+        raise ApiError(404, "not_found", message)
+    return row
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict | None = None):
     body: dict = {"code": code, "message": message}

@@ -5,11 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..models import Article, Digest, Subscriber
-from ..subscriptions import subscriber_profile
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+from ..subscriptions import iso, subscriber_profile
 
 
 def subscriber_json(subscriber: Subscriber) -> dict:
