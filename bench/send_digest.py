@@ -497,7 +497,7 @@ def run_send(sink: Sink, db_url: str, instance: Path, n: int, extra_env: dict, p
         "PYTHONUNBUFFERED": "1",
         **extra_env,
     }
-    command = [sys.executable]
+    command = os.environ.get("BENCH_PREFIX", "").split() + [sys.executable]
     if profile:  # CPU time in every thread of the sending process (bench/cpu_profile.py)
         command += [str(ROOT / "bench" / "cpu_profile.py"), str(profile)]
     command += ["-m", "flask", "--app", "wsgi", "digest", "send"]

@@ -33,8 +33,10 @@ Replies
     SEND_ERROR_WINDOW replies pauses the send and tells the admins.
 
 Speed
-    Each variant is rendered once (DigestRenderer); per recipient only the prepared bytes
-    get their slots filled. Recipients are read a batch at a time. SEND_CONNECTIONS SMTP
+    Each variant is rendered once (DigestRenderer); per recipient only the prepared bytes,
+    dot-stuffed once for SMTP, get their slots filled. Recipients are read a batch at a time
+    (the claim's RETURNING gives their ids). Each SEND_INFLIGHT chunk goes out as one
+    pipelined stream (`SMTPTransport.send_many`: one round trip a message). SEND_CONNECTIONS SMTP
     connections, each reused, are spread over SEND_PROCESSES processes (forked; 0 = one per
     CPU for large sends), each sending from its own threads; SEND_RATE is a token bucket
     shared by them (split per process).
@@ -51,8 +53,9 @@ import signal
 import socket
 import threading
 import time
+from base64 import urlsafe_b64encode
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -62,7 +65,7 @@ from sqlalchemy import func, insert, or_, select, text, update
 
 from . import tokens
 from .extensions import db
-from .mail import MailError, PreparedMessage, envelope_sender, smtp_address, transport_from_url
+from .mail import MailError, Outgoing, PreparedMessage, envelope_sender, smtp_address, transport_from_url
 from .models import ConsentEvent, Delivery, Digest, Subscriber, utcnow
 from .ratelimit import TokenBucket
 from .sqlite_tuning import install as _tune_sqlite
@@ -95,12 +98,41 @@ def stop_all_sends() -> None:
 
 def personal_values(subscriber: Subscriber) -> dict[str, str]:
     """The per-recipient slot values of a bulk message."""
-    public_url = current_app.config["PUBLIC_URL"]
-    return {
-        "to": smtp_address(subscriber.email)[0],
-        "unsubscribe_url": f"{public_url}/unsubscribe/{_link_token('unsubscribe', subscriber)}",
-        "preferences_url": f"{public_url}/preferences/{_link_token('preferences', subscriber)}",
-    }
+    return PersonalLinks.for_app().values(subscriber)
+
+
+class PersonalLinks:
+    """The personal values of the app's messages: To and the two signed links.
+
+    Holds what every message needs (the public URL, the two signers), so the hot path
+    of a bulk send does not look them up in the app's config for each recipient.
+    """
+
+    def __init__(self, public_url: str, secret_key: str):
+        self.public_url = public_url
+        self.secret_key = secret_key
+        self.unsubscribe = LinkSigner("unsubscribe")
+        self.preferences = LinkSigner("preferences")
+
+    @classmethod
+    def for_app(cls) -> PersonalLinks:
+        config = current_app.config
+        key = (config["PUBLIC_URL"], config["SECRET_KEY"])
+        links = _links.get(key)
+        if links is None:
+            links = _links[key] = cls(*key)
+        return links
+
+    def values(self, subscriber: Subscriber) -> dict[str, str]:
+        uid = subscriber.uid
+        return {
+            "to": smtp_address(subscriber.email)[0],
+            "unsubscribe_url": f"{self.public_url}/unsubscribe/{self.unsubscribe.token(uid)}",
+            "preferences_url": f"{self.public_url}/preferences/{self.preferences.token(uid)}",
+        }
+
+
+_links: dict[tuple[str, str], PersonalLinks] = {}
 
 
 class LinkSigner:
@@ -124,7 +156,7 @@ class LinkSigner:
         self._int_to_bytes = int_to_bytes
         self.usable = isinstance(signer, TimestampSigner) and type(signer.algorithm) is HMACAlgorithm
         self.key = signer.derive_key()
-        self.digest = signer.algorithm.digest_method
+        self.digest_name = signer.algorithm.digest_method().name  # e.g. "sha1", for hmac.digest
         self.sep = signer.sep.encode() if isinstance(signer.sep, str) else signer.sep
         self.purpose = purpose
         self._second = -1
@@ -136,20 +168,9 @@ class LinkSigner:
         now = int(time.time())
         if now != self._second:
             self._stamp, self._second = self._encode(self._int_to_bytes(now)), now
-        value = self._encode(b'"' + uid.encode() + b'"') + self.sep + self._stamp
-        signature = hmac.new(self.key, value, self.digest).digest()
-        return (value + self.sep + self._encode(signature)).decode("ascii")
-
-
-_signers: dict[tuple[str, str], LinkSigner] = {}
-
-
-def _link_token(purpose: str, subscriber: Subscriber) -> str:
-    key = (current_app.config["SECRET_KEY"], purpose)
-    signer = _signers.get(key)
-    if signer is None:
-        signer = _signers[key] = LinkSigner(purpose)
-    return signer.token(subscriber.uid)
+        value = urlsafe_b64encode(b'"' + uid.encode() + b'"').rstrip(b"=") + self.sep + self._stamp
+        signature = urlsafe_b64encode(hmac.digest(self.key, value, self.digest_name)).rstrip(b"=")
+        return (value + self.sep + signature).decode("ascii")
 
 
 # --- the ledger -------------------------------------------------------------------------
@@ -410,6 +431,7 @@ class ProcessSender:
         self.errors: deque[bool] = deque(maxlen=settings.error_window)
         self.errors_lock = threading.Lock()
         self.sender = ""
+        self.links: PersonalLinks | None = None
         self.retry_after: float | None = None  # set in range mode: rows of the range wait for a retry
         self._factory_lock = threading.Lock()
         self.stats = {"sent": 0, "failed": 0, "bounced": 0, "retry": 0, "skipped": 0}
@@ -419,6 +441,7 @@ class ProcessSender:
     def run(self) -> None:
         with self.app.app_context():
             self.sender = envelope_sender()
+            self.links = PersonalLinks.for_app()
             if self.message_for is None:
                 digest = db.session.get(Digest, self.digest_id)
                 self.message_for = _default_factory(digest)
@@ -494,8 +517,10 @@ class ProcessSender:
         may have gone out: the in-flight bound)."""
         try:
             with db.engine.begin() as conn:
-                conn.execute(update(Delivery).where(Delivery.claimed_by == token, Delivery.state.in_(
-                    OPEN_STATES)).values(state="queued", claimed_by=None, updated_at=utcnow()))
+                conn.execute(update(Delivery).where(
+                    Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES),
+                    Delivery.claimed_by == token,
+                ).values(state="queued", claimed_by=None, updated_at=utcnow()))
         except Exception:  # noqa: BLE001  (still no database: recover_stale does it later)
             log.exception("could not hand back the claim %s", token)
 
@@ -537,13 +562,15 @@ class ProcessSender:
             # all the same, so a row someone else took meanwhile is left alone.
             claim = update(Delivery).where(Delivery.id.in_(candidates.scalar_subquery()), *self._due(now))
         with db.engine.begin() as conn:
-            taken = conn.execute(claim.values(claimed_by=token, updated_at=now)).rowcount
+            # RETURNING (SQLite 3.35+, PostgreSQL): the claimed ids, to read them back by key.
+            claimed = claim.values(claimed_by=token, updated_at=now).returning(Delivery.id)
+            taken = conn.execute(claimed).scalars().all()
         if not taken:
             return []
         rows = db.session.execute(
             select(Delivery.id, Delivery.attempts, Subscriber)
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(Delivery.claimed_by == token, Delivery.state == "queued")
+            .where(Delivery.id.in_(taken), Delivery.claimed_by == token, Delivery.state == "queued")
             .order_by(Delivery.id)
         ).all()
         items = [_Item(row[0], row[1], row[2]) for row in rows]
@@ -598,58 +625,79 @@ class ProcessSender:
                 chunk = items[done:done + inflight]
                 self._record(results, sending=[item.delivery_id for item in chunk])
                 results = _Results()
-                for item in chunk:
-                    if self._should_stop() or not self.bucket.take(self._should_stop):
-                        break
-                    self._send_one(transport, item, results)
-                    done += 1
-                    if self.halt.is_set():
-                        break
+                done += self._send_chunk(transport, chunk, results)
         finally:
             # Record what was sent, and hand back every row not tried (never sent: no duplicate).
             self._record(results, release=[item.delivery_id for item in items[done:]])
 
-    def _send_one(self, transport, item: _Item, results: _Results) -> None:
+    def _send_chunk(self, transport, chunk: list[_Item], results: _Results) -> int:
+        """Send the chunk as one stream over the connection; returns how many rows were
+        tried (the rest were not touched: a stop, a pause, or the rate limit's wait)."""
+        tried = 0
+        unanswered: dict[int, _Item] = {}  # handed to the transport, no outcome yet
+
+        def outgoing() -> Iterator[Outgoing]:
+            nonlocal tried
+            for item in chunk:
+                if self._should_stop() or not self.bucket.take(self._should_stop):
+                    return
+                tried += 1
+                data = self._encode(transport, item, results)
+                if data is not None:
+                    unanswered[item.delivery_id] = item
+                    yield Outgoing(item, item.subscriber.email, data)
+                if self.halt.is_set():
+                    return
+
+        try:
+            for message, error in transport.send_many(self.sender, outgoing()):
+                item = message.key
+                del unanswered[item.delivery_id]
+                self._outcome(item, error, results)
+        except Exception as exc:  # noqa: BLE001  (a transport bug: retry later on a new connection)
+            log.exception("digest %s: unexpected error while sending", self.digest_id)
+            transport.close()
+            for item in unanswered.values():
+                attempts = item.attempts + 1
+                target = results.failed if attempts >= self.settings.max_attempts else results.retry
+                target.append((item.delivery_id, attempts, f"error: {exc}"[:500]))
+                self._note(error=True)
+        return tried
+
+    def _encode(self, transport, item: _Item, results: _Results) -> bytes | None:
+        """The recipient's message as the transport sends it, or None (skipped or failed)."""
         subscriber = item.subscriber
         if subscriber.status != "confirmed":  # unsubscribed or bounced since the send started
             results.skipped.append(item.delivery_id)
-            return
+            return None
         try:
             with self._factory_lock:
                 prepared = self.message_for(subscriber)
             if prepared is None:
                 results.skipped.append(item.delivery_id)
-                return
-            message = prepared.render(personal_values(subscriber))
+                return None
+            return transport.encode(prepared, self.links.values(subscriber))
         except Exception as exc:  # noqa: BLE001  (one broken message must not stop the send)
             log.exception("could not render delivery %s", item.delivery_id)
             results.failed.append((item.delivery_id, item.attempts + 1, f"render error: {exc}"[:500]))
             self._note(error=True)
+            return None
+
+    def _outcome(self, item: _Item, error: MailError | None, results: _Results) -> None:
+        if error is None:
+            results.sent.append(item.delivery_id)
+            self._note(error=False)
             return
-        try:
-            transport.send(self.sender, subscriber.email, message)
-        except MailError as exc:
-            attempts = item.attempts + 1
-            reply = str(exc)[:500]
-            if exc.permanent:
-                results.bounced.append((item.delivery_id, attempts, reply, subscriber))
-            elif attempts >= self.settings.max_attempts:
-                results.failed.append((item.delivery_id, attempts, reply))
-            else:
-                results.retry.append((item.delivery_id, attempts, reply))
-            log.info("delivery %s to subscriber %s: %s", item.delivery_id, subscriber.id, reply)
-            self._note(error=True)
-            return
-        except Exception as exc:  # noqa: BLE001  (a transport bug: retry later on a new connection)
-            log.exception("delivery %s: unexpected error while sending", item.delivery_id)
-            transport.close()
-            attempts = item.attempts + 1
-            target = results.failed if attempts >= self.settings.max_attempts else results.retry
-            target.append((item.delivery_id, attempts, f"error: {exc}"[:500]))
-            self._note(error=True)
-            return
-        results.sent.append(item.delivery_id)
-        self._note(error=False)
+        attempts = item.attempts + 1
+        reply = str(error)[:500]
+        if error.permanent:
+            results.bounced.append((item.delivery_id, attempts, reply, item.subscriber))
+        elif attempts >= self.settings.max_attempts:
+            results.failed.append((item.delivery_id, attempts, reply))
+        else:
+            results.retry.append((item.delivery_id, attempts, reply))
+        log.info("delivery %s to subscriber %s: %s", item.delivery_id, item.subscriber.id, reply)
+        self._note(error=True)
 
     def _note(self, *, error: bool) -> None:
         """The error-storm check over the last SEND_ERROR_WINDOW replies."""

@@ -1,8 +1,8 @@
 """The bulk-send hot path (issue 4, "Fast"): same bytes and same choices as the slow way.
 
-FastSMTP's own dot-stuffing and address quoting against a real SMTP server, the
-prepared message's render against a straightforward re-implementation, and the
-row-based variant lookup against the ORM one.
+The SMTP transport's own dot-stuffing, pipelining and reply checks against real SMTP
+servers, the prepared message's render and wire forms against straightforward
+re-implementations, and the row-based variant lookup against the ORM one.
 """
 
 from __future__ import annotations
@@ -170,3 +170,65 @@ def test_transport_send_pipelines_and_raises_the_first_refusal():
     finally:
         transport.close()
     assert [rcpt for rcpt, _ in server.messages] == ["reader@example.com", "other@example.com"]
+
+
+def test_wire_is_the_rendered_message_dot_stuffed(app):
+    """The wire form stuffs its chunks once and the values per message: the same bytes as
+    stuffing the whole rendered message, wherever a "." starts a line."""
+    with app.app_context():
+        prepared = mail.prepare_message(
+            subject="Punkter",
+            text=f".först\n{mail.slot('unsubscribe_url')}\n.efter länken\n..två\n.",
+            html=f'<p>.x</p>\n.<a href="{mail.slot("preferences_url")}">.</a>',
+            bulk=True,
+        )
+        for link in ("http://newsletter.test/u/abc.def", "http://newsletter.test/u/" + "a" * 70 + ".b.c" * 30,
+                     ".starts-with-a-dot"):
+            values = {"to": "a@example.com", "message_id": "<1@x>", "date": "Mon, 23 Nov 2026 07:00:00 +0000",
+                      "unsubscribe_url": link, "preferences_url": link}
+            wire = prepared.wire(values)
+            assert wire == mail._stuffed(prepared.render(values))
+            assert wire.endswith(b"\r\n.\r\n")
+
+
+def test_send_many_pipelines_a_stream_and_reports_each_message(smtp_server):
+    """A stream over one connection: refusals (550, 451) keep it, a 421 or a cut connection
+    loses it and the next message opens a new one; every message gets its own outcome, in
+    order, and only the accepted ones arrive, whole."""
+    from delivery_helpers import fault_server
+
+    handler = fault_server(smtp_server)
+    handler.faults = {"r2@example.se": "550 5.1.1 no such user", "r4@example.se": "451 4.7.1 later",
+                      "r6@example.se": "421 4.3.2 closing"}.get
+    cut = handler.handle_DATA
+
+    async def cut_r9(server, session, envelope):  # the connection is lost in r9's DATA
+        if envelope.rcpt_tos == ["r9@example.se"]:
+            server.transport.abort()
+            return "421 gone"
+        return await cut(server, session, envelope)
+
+    handler.handle_DATA = cut_r9
+    transport = mail.SMTPTransport(smtp_server.url)
+    message = b"Subject: s\r\n\r\n.dot\r\nbody\r\n"
+    stream = [mail.Outgoing(n, f"r{n}@example.se", mail._stuffed(message)) for n in range(12)]
+    connections = []
+
+    def messages():
+        for outgoing in stream:
+            connections.append(transport._conn)
+            yield outgoing
+
+    try:
+        outcomes = [(sent.key, error and (error.code, str(error)[:17])) for sent, error in
+                    transport.send_many("a@example.se", messages())]
+        assert transport.pipelining
+    finally:
+        transport.close()
+    assert outcomes == [(0, None), (1, None), (2, (550, "550 5.1.1 no such")), (3, None),
+                        (4, (451, "451 4.7.1 later")), (5, None), (6, (421, "421 4.3.2 closing")),
+                        (7, None), (8, None), (9, (None, "connection failed")), (10, None), (11, None)]
+    assert sorted(handler.counts()) == sorted(f"r{n}@example.se" for n in (0, 1, 3, 5, 7, 8, 10, 11))
+    assert all(data == message for _, _, data in handler.messages)
+    # one connection up to the 421, a second one until the cut, then a third
+    assert len({id(conn) for conn in connections if conn is not None}) == 3
