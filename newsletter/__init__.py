@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 
-from .extensions import babel, csrf, db, limiter, login, migrate
+from .extensions import MigrationsGroup, babel, csrf, db, limiter, login
 from .i18n import compile_catalogs, select_locale, select_timezone
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+    app.cli.add_command(MigrationsGroup())  # Flask-Migrate, imported when `flask db` runs
     csrf.init_app(app)
     limiter.init_app(app)
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone,

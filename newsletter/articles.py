@@ -18,9 +18,7 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 from zoneinfo import ZoneInfo
 
-import feedparser
 import nh3
-import requests
 from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -170,6 +168,10 @@ def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
 
 def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETCH_TIMEOUT) -> FetchResult:
     """Poll one feed with a conditional GET and store its new or changed entries."""
+    # Imported here: only the feed poller needs them, not a web worker or a sending process.
+    import feedparser
+    import requests
+
     now = now or utcnow()
     result = FetchResult(feed_id=feed.id, url=feed.url, status="ok")
     headers = {"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, */*;q=0.5"}

@@ -35,7 +35,6 @@ from typing import NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
 
 import css_inline
-import dkim
 from flask import current_app, render_template
 from flask_babel import force_locale
 from markupsafe import escape
@@ -159,6 +158,8 @@ class DkimSigner:
     private_key: bytes  # PEM, PKCS#1 or PKCS#8
 
     def sign(self, message: bytes) -> bytes:
+        import dkim  # only when DKIM is configured (dkimpy pulls in dnspython)
+
         headers_end = message.find(b"\r\n\r\n")
         present = {line.split(b":", 1)[0].strip().lower()
                    for line in message[:max(headers_end, 0)].split(b"\r\n")
@@ -182,6 +183,8 @@ def _load_dkim_key(value: str) -> bytes:
         except OSError as exc:
             raise ValueError(f"DKIM_PRIVATE_KEY: cannot read {value!r}: {exc}") from exc
     data = pem.strip().encode("ascii") + b"\n"
+    import dkim.crypto
+
     try:
         dkim.crypto.parse_pem_private_key(data)
     except dkim.crypto.UnparsableKeyError as exc:

@@ -6,11 +6,12 @@ from flask_migrate import check, upgrade
 
 from config import TestConfig
 from newsletter import create_app
-from newsletter.extensions import db
+from newsletter.extensions import db, init_migrations
 
 
 def test_upgrade_creates_the_schema_the_models_describe(app_config):
     app = create_app(app_config, config_class=TestConfig)
+    init_migrations(app)
     with app.app_context():
         db.drop_all()  # a PostgreSQL database shared with other tests: start empty
         db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-import dkim.crypto
-import requests
 from flask import current_app
 
 from ..models import utcnow
@@ -92,6 +90,8 @@ def allowed_url(url: object) -> bool:
 
 def fetch(url: str, *, max_bytes: int = MAX_CERT_BYTES) -> bytes:
     """GET an allowed URL over verified TLS, no redirects; the body (at most max_bytes)."""
+    import requests  # imported when an SNS message comes in
+
     if not allowed_url(url):
         raise SnsError("URL not on an allowed SNS host")
     verify: str | bool = current_app.config.get("SNS_CA_BUNDLE") or True
@@ -159,6 +159,8 @@ def _time(tag: int, raw: bytes) -> datetime:
 
 def parse_certificate(pem: bytes) -> Certificate:
     """The RSA public key and validity of a PEM X.509 certificate; ValueError otherwise."""
+    import dkim.crypto  # imported when an SNS message comes in
+
     match = re.search(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.DOTALL)
     if match is None:
         raise ValueError("no PEM certificate")
@@ -218,6 +220,8 @@ def certificate(url: str) -> Certificate:
 
 def verify(message: dict) -> None:
     """Raise SnsError unless the message carries a valid SNS signature (and is recent enough)."""
+    import dkim.crypto  # imported when an SNS message comes in
+
     if not isinstance(message, dict):
         raise SnsError("the SNS message is not a JSON object", 400)
     canonical = string_to_sign(message)
