@@ -432,6 +432,7 @@ class ProcessSender:
         self.errors_lock = threading.Lock()
         self.sender = ""
         self.links: PersonalLinks | None = None
+        self._cursor = 0  # the highest id claimed so far (a hint shared by the threads)
         self.retry_after: float | None = None  # set in range mode: rows of the range wait for a retry
         self._factory_lock = threading.Lock()
         self.stats = {"sent": 0, "failed": 0, "bounced": 0, "retry": 0, "skipped": 0}
@@ -545,10 +546,28 @@ class ProcessSender:
         return where
 
     def _reserve(self, token: str) -> list[_Item]:
-        """Claim a batch of due rows (still "queued": reserved, not in flight) and load them."""
+        """Claim a batch of due rows (still "queued": reserved, not in flight) and load them.
+
+        The search starts after the last id this process claimed: on PostgreSQL the index
+        keeps the dead versions of every row updated since the last vacuum, and a search
+        from the start would step over all of them each time (quadratic in the list).
+        Only when nothing is left ahead does it look from the start again, for the rows
+        handed back or waiting for a retry.
+        """
+        after = self._cursor
+        items = self._claim(token, after)
+        if not items and after:
+            self._cursor = 0
+            items = self._claim(token, 0)
+        if items:
+            self._cursor = max(self._cursor, items[-1].delivery_id)
+        return items
+
+    def _claim(self, token: str, after: int) -> list[_Item]:
         now = utcnow()
         size = max(self.settings.inflight, self.settings.batch_size // self.connections)
-        candidates = select(Delivery.id).where(*self._due(now)).order_by(Delivery.id).limit(size)
+        candidates = (select(Delivery.id).where(*self._due(now), Delivery.id > after)
+                      .order_by(Delivery.id).limit(size))
         if db.engine.dialect.name == "postgresql":
             # A CTE with FOR UPDATE runs once (materialised); as a plain IN (subquery) PostgreSQL
             # may plan a nested loop that runs the locking subquery again for every row.
