@@ -61,7 +61,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import Connection, func, insert, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from . import tokens
 from .extensions import db
@@ -433,6 +434,7 @@ class ProcessSender:
         self.sender = ""
         self.links: PersonalLinks | None = None
         self._cursor = 0  # the highest id claimed so far (a hint shared by the threads)
+        self._local = threading.local()  # each sending thread's database connection
         self.retry_after: float | None = None  # set in range mode: rows of the range wait for a retry
         self._factory_lock = threading.Lock()
         self.stats = {"sent": 0, "failed": 0, "bounced": 0, "retry": 0, "skipped": 0}
@@ -503,6 +505,7 @@ class ProcessSender:
                         log.exception("sender %s of digest %s failed (%d in a row)", number,
                                       self.digest_id, failures)
                         db.session.rollback()
+                        self._close_db()
                         self._release_token(token)
                         if failures >= 5:  # give up, like a crash: the next run resumes
                             log.error("digest %s: too many errors, this sender stops", self.digest_id)
@@ -511,7 +514,24 @@ class ProcessSender:
                         self.halt.wait(self.settings.poll_seconds * 2 ** failures)
             finally:
                 transport.close()
+                self._close_db()
                 db.session.remove()
+
+    def _db(self) -> Connection:
+        """This thread's database connection, kept for the whole send: taking one from the
+        pool for every chunk costs a round trip (pool_pre_ping) and the pool's own work."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._local.conn = db.engine.connect()
+        return conn
+
+    def _close_db(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001  (a broken connection: the pool discards it)
+                log.debug("closing a broken connection", exc_info=True)
 
     def _release_token(self, token: str) -> None:
         """After an error: hand back this claim's rows, like a crash would (the ones in flight
@@ -580,24 +600,23 @@ class ProcessSender:
             # SQLite evaluates the subquery once and serialises writers; the WHERE is repeated
             # all the same, so a row someone else took meanwhile is left alone.
             claim = update(Delivery).where(Delivery.id.in_(candidates.scalar_subquery()), *self._due(now))
-        with db.engine.begin() as conn:
+        conn = self._db()
+        with conn.begin():
             # RETURNING (SQLite 3.35+, PostgreSQL): the claimed ids, to read them back by key.
             claimed = claim.values(claimed_by=token, updated_at=now).returning(Delivery.id)
             taken = conn.execute(claimed).scalars().all()
         if not taken:
             return []
-        rows = db.session.execute(
-            select(Delivery.id, Delivery.attempts, Subscriber)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(Delivery.id.in_(taken), Delivery.claimed_by == token, Delivery.state == "queued")
-            .order_by(Delivery.id)
-        ).all()
-        items = [_Item(row[0], row[1], row[2]) for row in rows]
-        # Keep the loaded subscribers (and their topics) as they are, and end the read
-        # transaction: nothing stays open in the database while the messages go out.
-        db.session.expunge_all()
-        db.session.commit()
-        return items
+        # Closing the session keeps the loaded subscribers (and their topics) as they are and
+        # ends the read transaction: nothing stays open while the messages go out.
+        with Session(bind=conn) as session:
+            rows = session.execute(
+                select(Delivery.id, Delivery.attempts, Subscriber)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.id.in_(taken), Delivery.claimed_by == token, Delivery.state == "queued")
+                .order_by(Delivery.id)
+            ).all()
+        return [_Item(row[0], row[1], row[2]) for row in rows]
 
     def _nothing_due(self) -> bool:
         """Nothing to reserve now. Finish the digest, wait for retries or for other senders;
@@ -669,7 +688,9 @@ class ProcessSender:
                     return
 
         try:
-            for message, error in transport.send_many(self.sender, outgoing()):
+            # With SEND_RATE the next message may have to wait for a token: no lookahead then.
+            stream = transport.send_many(self.sender, outgoing(), lookahead=not self.bucket.rate)
+            for message, error in stream:
                 item = message.key
                 del unanswered[item.delivery_id]
                 self._outcome(item, error, results)
@@ -738,7 +759,8 @@ class ProcessSender:
         if not (results or sending or release):
             return
         now = utcnow()
-        with db.engine.begin() as conn:
+        conn = self._db()
+        with conn.begin():
             if conn.dialect.name == "postgresql":
                 # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
                 # A crash of the sender loses nothing; only a crash of the database server

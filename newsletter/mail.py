@@ -244,7 +244,7 @@ class PreparedMessage:
     domain: str = "localhost"  # of MAIL_FROM, for Message-IDs made at render time
     # DKIM signs every rendered message when configured (DKIM_SELECTOR + DKIM_PRIVATE_KEY).
     signer: DkimSigner | None = None
-    _wire_chunks: list[bytes] | None = field(default=None, repr=False)  # made by `wire`
+    _wire_chunks: list[bytes] | None = field(default=None, repr=False, compare=False)  # made by `wire`
 
     def _add(self, data: bytes) -> None:
         if len(self.chunks) > len(self.slots):
@@ -474,7 +474,7 @@ class Transport(Protocol):
 
     def encode(self, prepared: PreparedMessage, values: dict[str, str]) -> bytes: ...
 
-    def send_many(self, sender: str, messages: Iterable[Outgoing]) -> Outcomes:
+    def send_many(self, sender: str, messages: Iterable[Outgoing], *, lookahead: bool = True) -> Outcomes:
         ...
 
     def close(self) -> None: ...
@@ -486,7 +486,7 @@ class _OneByOne:
     def encode(self, prepared: PreparedMessage, values: dict[str, str]) -> bytes:
         return prepared.render(values)
 
-    def send_many(self, sender: str, messages: Iterable[Outgoing]) -> Outcomes:
+    def send_many(self, sender: str, messages: Iterable[Outgoing], *, lookahead: bool = True) -> Outcomes:
         for message in messages:
             try:
                 self.send(sender, message.recipient, message.data)  # type: ignore[attr-defined]
@@ -566,7 +566,7 @@ class SMTPTransport:
             if error is not None:
                 raise error
 
-    def send_many(self, sender: str, messages: Iterable[Outgoing]) -> Outcomes:
+    def send_many(self, sender: str, messages: Iterable[Outgoing], *, lookahead: bool = True) -> Outcomes:
         """Send each message (`data` from `encode`); yield it with None or its MailError.
 
         Every reply is checked: MAIL, RCPT (smtplib only reports a refused recipient),
@@ -579,7 +579,9 @@ class SMTPTransport:
         message's MAIL, RCPT and DATA, and their replies come back together: one round
         trip a message. The next message is taken from `messages` before the content
         is written, so a caller that stops handing out messages (a pause, a stop) ends
-        the stream after the ones it handed out; none is left half sent.
+        the stream after the ones it handed out; none is left half sent. A caller that
+        may wait before handing out the next one (a rate limit) passes lookahead=False, so
+        the server is not kept waiting in DATA meanwhile.
         """
         stream = iter(messages)
         current = next(stream, None)
@@ -600,20 +602,25 @@ class SMTPTransport:
                 yield current, refusal
                 current, announced = next(stream, None), False
                 continue
-            following = next(stream, None)
-            tail = self._envelope(sender, following) if following is not None and self.pipelining else b""
+            following = next(stream, None) if lookahead else None
+            tail = b""
+            if following is not None and self.pipelining and (
+                    self.smtputf8 or smtp_address(following.recipient)[0].isascii()):
+                tail = self._envelope(sender, following)  # else the check above answers it (553)
             try:
                 self._write(current.data + tail)
                 code, reply = self._reply()
             except _ConnectionLost as exc:  # it may or may not have arrived: retried later
                 yield current, MailError(f"connection failed: {exc}")
-                current, announced = following, False
+                current = following if following is not None else next(stream, None)
+                announced = False
                 continue
             # Whatever the reply, the transaction is over (no RSET: the next MAIL is on its way).
             if code == 421:
                 self._drop()
             yield current, None if code == 250 else MailError(_reply_text(code, reply), code)
-            current, announced = following, bool(tail) and self._conn is not None
+            current = following if following is not None else next(stream, None)
+            announced = bool(tail) and self._conn is not None
 
     def _envelope(self, sender: str, message: Outgoing) -> bytes:
         address, needs_utf8 = smtp_address(message.recipient)
@@ -646,6 +653,9 @@ class SMTPTransport:
                         replies.append(self._reply())
                         if replies[-1][0] not in _ACCEPTED[len(replies) - 1]:
                             break
+                if replies[0][0] == 421 and reused and retry_idle and not announced:
+                    self._drop()  # "421 timeout" from a connection idle too long: nothing went out
+                    continue
                 break
             except _ConnectionLost:
                 if reused and retry_idle and not announced:  # closed while idle: nothing sent yet
@@ -691,6 +701,8 @@ class SMTPTransport:
                 line = self._conn.file.readline(_MAX_REPLY_LINE + 1)
                 if not line:
                     raise OSError("connection closed by the server")
+                if len(line) > _MAX_REPLY_LINE:  # the rest would be read as another reply
+                    raise OSError("reply line too long")
                 lines.append(line[4:].strip())
                 if line[3:4] != b"-":
                     break
