@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -88,6 +89,62 @@ class FaultHandler:
     def received(self) -> int:
         with self.lock:
             return len(self.messages)
+
+
+class PipeliningServer:
+    """A tiny SMTP server that offers PIPELINING (not SMTPUTF8), refuses RCPT to slow*@ with
+    451 (and then DATA with 554, as RFC 2920 says), and keeps (recipient, content) of what
+    it receives. One connection at a time; `after_message(conn, lines, number)` may end
+    the `number`th connection after a message by returning True."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.messages: list[tuple[str, bytes]] = []
+        self.connections = 0
+        self.after_message = None
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            while True:
+                conn, _ = self.sock.accept()
+                self.connections += 1
+                self._session(conn, self.connections)
+
+    def _session(self, conn: socket.socket, number: int) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 test\r\n")
+            rcpt, ok = "", False
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-test\r\n250 PIPELINING\r\n")
+                elif verb == b"MAIL":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    rcpt = line[9:].strip().strip(b"<>").decode()
+                    ok = not rcpt.startswith("slow")
+                    conn.sendall(b"250 ok\r\n" if ok else b"451 4.7.1 later\r\n")
+                elif verb == b"DATA":
+                    if not ok:
+                        conn.sendall(b"554 no valid recipients\r\n")
+                        continue
+                    conn.sendall(b"354 go\r\n")
+                    body = []
+                    for data in lines:
+                        if data == b".\r\n":
+                            break
+                        body.append(data[1:] if data.startswith(b".") else data)
+                    self.messages.append((rcpt, b"".join(body)))
+                    conn.sendall(b"250 queued\r\n")
+                    if self.after_message is not None and self.after_message(conn, lines, number):
+                        return
+                elif verb == b"RSET":
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
 
 
 def fault_server(smtp_server) -> FaultHandler:

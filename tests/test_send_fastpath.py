@@ -8,12 +8,11 @@ re-implementations, and the row-based variant lookup against the ORM one.
 from __future__ import annotations
 
 import re
-import socket
-import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import pytest
+from delivery_helpers import PipeliningServer
 from markupsafe import escape
 
 from newsletter import mail
@@ -112,54 +111,8 @@ def test_variant_for_rows_agrees_with_variant_for_subscribers(app):
         assert renderer.variant_for("en", [1]) == ("en", frozenset({1, None}))
 
 
-class _PipeliningServer:
-    """A tiny SMTP server that offers PIPELINING, refuses RCPT to slow*@ with 451 (and then
-    DATA with 554, as RFC 2920 says), and keeps what it receives; one connection at a time."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[tuple[str, bytes]] = []
-        self.reads = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with self.sock:
-            conn, _ = self.sock.accept()
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"220 test\r\n")
-            rcpt, ok = "", False
-            for line in lines:
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-test\r\n250 PIPELINING\r\n")
-                elif verb == b"MAIL":
-                    conn.sendall(b"250 ok\r\n")
-                elif verb == b"RCPT":
-                    rcpt = line[9:].strip().strip(b"<>").decode()
-                    ok = not rcpt.startswith("slow")
-                    conn.sendall(b"250 ok\r\n" if ok else b"451 4.7.1 later\r\n")
-                elif verb == b"DATA":
-                    if not ok:
-                        conn.sendall(b"554 no valid recipients\r\n")
-                        continue
-                    conn.sendall(b"354 go\r\n")
-                    body = []
-                    for data in lines:
-                        if data == b".\r\n":
-                            break
-                        body.append(data[1:] if data.startswith(b".") else data)
-                    self.messages.append((rcpt, b"".join(body)))
-                    conn.sendall(b"250 queued\r\n")
-                elif verb == b"RSET":
-                    conn.sendall(b"250 ok\r\n")
-                elif verb == b"QUIT":
-                    conn.sendall(b"221 bye\r\n")
-                    return
-
-
 def test_transport_send_pipelines_and_raises_the_first_refusal():
-    server = _PipeliningServer()
+    server = PipeliningServer()
     transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}")
     try:
         transport.send("bounce@example.com", "reader@example.com", b"Subject: a\r\n\r\nbody\r\n")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from delivery_helpers import fault_server
-from test_send_fastpath import _PipeliningServer
+from delivery_helpers import PipeliningServer, fault_server
 
 from newsletter import mail
 
@@ -40,7 +39,7 @@ def test_utf8_recipient_announced_to_a_lenient_server_gets_nobody_elses_message(
     """The same with a server that would take the UTF-8 envelope anyway (354): had it been
     sent ahead, c@'s envelope and content (with c@'s personal links) would have become
     the refused recipient's message."""
-    server = _PipeliningServer()  # PIPELINING, no SMTPUTF8, accepts any RCPT not slow*@
+    server = PipeliningServer()  # PIPELINING, no SMTPUTF8, accepts any RCPT not slow*@
     transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
     try:
         outcomes = [(sent.key, error and error.code) for sent, error in transport.send_many(
@@ -51,73 +50,34 @@ def test_utf8_recipient_announced_to_a_lenient_server_gets_nobody_elses_message(
     assert [rcpt for rcpt, _ in server.messages] == ["a@example.se", "c@example.se"]
 
 
-class _IdleClosingServer:
-    """PIPELINING server; the first connection, once told it is idle, says "421 timeout" and
-    closes (as Postfix and Exim do at their idle timeout); later connections are normal."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[str] = []
-        self.connections = 0
-        self.go_idle = threading.Event()
-        self.closed = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with self.sock:
-            while True:
-                conn, _ = self.sock.accept()
-                self.connections += 1
-                self._session(conn, first=self.connections == 1)
-
-    def _session(self, conn: socket.socket, first: bool) -> None:
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"220 test\r\n")
-            rcpt = ""
-            for line in lines:
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    conn.sendall(b"250-test\r\n250 PIPELINING\r\n")
-                elif verb == b"MAIL":
-                    conn.sendall(b"250 ok\r\n")
-                elif verb == b"RCPT":
-                    rcpt = line[9:].strip().strip(b"<>").decode()
-                    conn.sendall(b"250 ok\r\n")
-                elif verb == b"DATA":
-                    conn.sendall(b"354 go\r\n")
-                    for data in lines:
-                        if data == b".\r\n":
-                            break
-                    self.messages.append(rcpt)
-                    conn.sendall(b"250 queued\r\n")
-                    if first:
-                        self.go_idle.wait(10)
-                        conn.sendall(b"421 4.4.2 test Error: timeout exceeded\r\n")
-                        conn.shutdown(socket.SHUT_WR)  # closed; what the client writes now is ignored
-                        self.closed.set()
-                        for _ in lines:
-                            pass
-                        return
-                elif verb == b"QUIT":
-                    conn.sendall(b"221 bye\r\n")
-                    return
-
-
 def test_reused_connection_closed_while_idle_with_421_is_reopened():
     """A reused connection that the server closed while idle, with the usual "421 timeout",
     had nothing of the next message on it: it is reopened at once, instead of deferring
     the message as a 421 refusal (a retry with back-off, one more error toward the storm)."""
-    server = _IdleClosingServer()
+    server = PipeliningServer()
+    go_idle, closed = threading.Event(), threading.Event()
+
+    def idle_timeout(conn, lines, number):  # the first connection says "421 timeout" and closes
+        if number != 1:
+            return False
+        go_idle.wait(10)
+        conn.sendall(b"421 4.4.2 test Error: timeout exceeded\r\n")
+        conn.shutdown(socket.SHUT_WR)  # what the client writes now is read and ignored
+        closed.set()
+        for _ in lines:
+            pass
+        return True
+
+    server.after_message = idle_timeout
     transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
     try:
         transport.send("bounce@example.se", "a@example.se", MESSAGE)
-        server.go_idle.set()
-        assert server.closed.wait(5)
+        go_idle.set()
+        assert closed.wait(5)
         transport.send("bounce@example.se", "b@example.se", MESSAGE)
     finally:
         transport.close()
-    assert server.messages == ["a@example.se", "b@example.se"]
+    assert [rcpt for rcpt, _ in server.messages] == ["a@example.se", "b@example.se"]
     assert server.connections == 2
 
 
