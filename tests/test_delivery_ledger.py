@@ -123,3 +123,44 @@ def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
         assert rows[ids[2]].claimed_by.endswith(":cc") and rows[ids[2]].state == "sending"
         assert (rows[ids[3]].state, rows[ids[3]].claimed_by) == ("queued", None)
         assert rows[ids[4]].claimed_by == "elsewhere:124:0:ee"
+
+
+def test_a_big_list_is_pinned_in_chunks_while_the_first_ones_go_out(smtp_app, smtp_server, monkeypatch):
+    """`send_digest` pins PIN_FIRST recipients, starts sending, and pins the rest a chunk at a
+    time meanwhile; the send is not done before the last chunk, and everyone gets one copy."""
+    monkeypatch.setattr(delivery, "PIN_FIRST", 20)
+    monkeypatch.setattr(delivery, "PIN_CHUNK", 50)
+    with smtp_app.app_context():
+        digest_id = _seed(300)
+        counts = delivery.send_digest(digest_id, message_for=_factory(), batch_size=10)
+        assert counts["sent"] == 300 and counts["total"] == 300
+        digest = db.session.get(Digest, digest_id)
+        assert digest.status == "done" and digest.recipient_count == 300
+    recipients = [m["To"] for m in smtp_server.messages()]
+    assert len(recipients) == len(set(recipients)) == 300
+
+
+def test_pinning_cut_short_is_finished_by_the_next_sender_with_the_same_recipients(smtp_app, smtp_server):
+    """A crash after the first chunk: the send is not done while recipients are missing, and
+    the next sender pins the rest: those confirmed before the send started, nobody later."""
+    from datetime import timedelta
+
+    from newsletter.models import utcnow
+
+    with smtp_app.app_context():
+        digest_id = _seed(40)
+        assert delivery.start_send(digest_id, first=10) == 10  # ... and the process dies here
+        assert not delivery.pinning_done(digest_id)
+        db.session.execute(db.update(Delivery).values(state="sent"))
+        db.session.commit()
+        assert not delivery.finish_send(digest_id)  # 10 of 40 sent is not done
+        db.session.add(Subscriber(email="later@example.se", status="confirmed",
+                                  confirmed_at=utcnow() + timedelta(seconds=5)))
+        db.session.commit()
+        counts = delivery.send_digest(digest_id, message_for=_factory())
+        assert counts["sent"] == 40 and counts["total"] == 40
+        assert db.session.get(Digest, digest_id).recipient_count == 40
+        assert db.session.get(Digest, digest_id).status == "done"
+    recipients = [m["To"] for m in smtp_server.messages()]
+    assert len(recipients) == len(set(recipients)) == 30  # the first 10 were marked sent above
+    assert "later@example.se" not in recipients
