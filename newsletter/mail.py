@@ -5,7 +5,10 @@ Every email is a template triplet under templates/emails/ (`NAME_subject.txt`,
 *prepared* once (headers, both MIME parts, CSS inlined, quoted-printable) with
 slots for the per-recipient parts (To, Message-ID, Date, the personal links);
 `PreparedMessage.render(values)` then only joins bytes, which is what makes a
-bulk send cheap: tens of microseconds a message instead of milliseconds.
+bulk send cheap: tens of microseconds a message instead of milliseconds
+(`wire(values)` is the same, already dot-stuffed for SMTP DATA). A bulk send
+hands the messages to `SMTPTransport.send_many`, which pipelines them over one
+connection: one round trip a message.
 
 With DKIM_SELECTOR and DKIM_PRIVATE_KEY set, `render` also DKIM-signs each message
 (dkimpy, after substitution): every message, bulk or single, passes through it.
