@@ -56,7 +56,6 @@ import signal
 import socket
 import threading
 import time
-from base64 import urlsafe_b64encode
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -172,8 +171,8 @@ class LinkSigner:
         now = int(time.time())
         if now != self._second:
             self._stamp, self._second = self._encode(self._int_to_bytes(now)), now
-        value = urlsafe_b64encode(b'"' + uid.encode() + b'"').rstrip(b"=") + self.sep + self._stamp
-        signature = urlsafe_b64encode(hmac.digest(self.key, value, self.digest_name)).rstrip(b"=")
+        value = self._encode(b'"' + uid.encode() + b'"') + self.sep + self._stamp
+        signature = self._encode(hmac.digest(self.key, value, self.digest_name))
         return (value + self.sep + signature).decode("ascii")
 
 
