@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from conftest import CollectingHandler
 from sqlalchemy import func, insert, select
 
 from newsletter.extensions import db
@@ -31,18 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 FLASK = str(Path(sys.executable).with_name("flask"))
 
 
-class FaultHandler:
-    """An aiosmtpd handler like conftest's CollectingHandler, with more faults:
+class FaultHandler(CollectingHandler):
+    """conftest's CollectingHandler (with its `faults(rcpt) -> reply | None`, e.g.
+    "451 4.7.1 try later"), with more faults:
 
-    - `faults(rcpt) -> reply | None`: refuse a recipient (e.g. "451 4.7.1 try later");
     - `drop_every`: every Nth DATA the connection is cut before the reply (nothing kept);
     - `delay`: seconds to wait in DATA (a slow server, to kill a sender mid-send).
     """
 
     def __init__(self):
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.lock = threading.Lock()
-        self.faults = None
+        super().__init__()
         self.drop_every = 0
         self.delay = 0.0
         self.data_count = 0
@@ -55,14 +54,6 @@ class FaultHandler:
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
-        if self.faults is not None:
-            reply = self.faults(address)
-            if reply:
-                return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         if self.delay:
