@@ -769,10 +769,7 @@ class ProcessSender:
             log.exception("digest %s: unexpected error while sending", self.digest_id)
             transport.close()
             for item in unanswered.values():
-                attempts = item.attempts + 1
-                target = results.failed if attempts >= self.settings.max_attempts else results.retry
-                target.append((item.delivery_id, attempts, f"error: {exc}"[:500]))
-                self._note(error=True)
+                self._outcome(item, MailError(f"error: {exc}"), results)  # no code: retried
         return tried
 
     def _encode(self, transport, item: _Item, results: _Results) -> bytes | None:

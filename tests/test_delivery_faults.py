@@ -253,3 +253,32 @@ def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelinin
         transport.close()
     assert sorted(handler.counts()) == ["ok1@example.se", "ok2@example.se", "ok4@example.se"]
     assert all(b"\r\n.leading dot\r\n" in data for _, _, data in handler.messages)  # dot-stuffing undone
+
+
+def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_server, monkeypatch):
+    """An unexpected exception out of the transport (not a MailError): the messages handed to
+    it without an outcome are retried on a new connection, each recipient still gets one copy."""
+    from newsletter import mail
+
+    fault_server(smtp_server)
+    real = mail.SMTPTransport.send_many
+    calls = {"n": 0}
+
+    def buggy(self, sender, messages, **kwargs):
+        calls["n"] += 1
+        for n, outcome in enumerate(real(self, sender, messages, **kwargs)):
+            if calls["n"] == 2 and n == 3:
+                raise RuntimeError("transport bug")
+            yield outcome
+
+    monkeypatch.setattr(mail.SMTPTransport, "send_many", buggy)
+    with fast_app.app_context():
+        digest_id = seed(100)
+        progress = delivery.send_digest(digest_id)
+        assert progress["status"] == "done" and progress["sent"] == 100
+        retried = db.session.execute(select(Delivery).where(
+            Delivery.digest_id == digest_id, Delivery.attempts == 2)).scalars().all()
+        assert retried and all(row.last_reply == "250" for row in retried)
+    counts = smtp_server.handler.counts()
+    assert set(counts) == {f"p{i}@example.se" for i in range(100)}
+    assert sum(counts.values()) - 100 <= len(retried)  # only the ones in flight may repeat
