@@ -87,8 +87,9 @@ class Config:
     SEND_MAX_ERROR_RATE: float = _float("SEND_MAX_ERROR_RATE", 0.2)
     SEND_WINDOW: str = _env("SEND_WINDOW")  # e.g. "07:00-21:00" in TIMEZONE; empty = any time
     # --- delivery (issue 4): the send engine; see newsletter/delivery.py
-    # Sending processes (forked, each with its share of SEND_CONNECTIONS); 0 = one per CPU
-    # for large sends, 1 = only the process that sends.
+    # Sending processes, each with its share of SEND_CONNECTIONS: the one that sends, plus
+    # send workers (newsletter/send_worker.py, ~25-40 MB each: no Flask, no SQLAlchemy) for SMTP;
+    # 0 = one per CPU for large sends, 1 = only the process that sends.
     SEND_PROCESSES: int = _int("SEND_PROCESSES", 0)
     # Messages per connection that may be out without the ledger knowing: the most that a
     # kill -9 can duplicate is SEND_INFLIGHT x SEND_CONNECTIONS (a clean stop duplicates none).

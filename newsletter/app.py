@@ -1,4 +1,4 @@
-"""The newsletter service: `create_app()` builds the Flask app."""
+"""The app factory: config, extensions, blueprints, CLI."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def create_app(overrides: dict | None = None, config_class: type = Config) -> Flask:
     """Build the app: config, extensions, blueprints, CLI."""
     app = Flask(
-        __name__,
+        "newsletter",  # the package: its static/ folder, its name in logs
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder="static",
         instance_path=(overrides or {}).get("INSTANCE_PATH")

@@ -40,140 +40,89 @@ Speed
     dot-stuffed once for SMTP, get their slots filled. Recipients are read a batch at a time
     (the claim's RETURNING gives their ids). Each SEND_INFLIGHT chunk goes out as one
     pipelined stream (`SMTPTransport.send_many`: one round trip a message). SEND_CONNECTIONS SMTP
-    connections, each reused, are spread over SEND_PROCESSES processes (forked; 0 = one per
-    CPU for large sends), each sending from its own threads; SEND_RATE is a token bucket
-    shared by them (split per process).
+    connections, each reused, are spread over SEND_PROCESSES processes (0 = one per CPU for
+    large sends), each sending from its own threads; SEND_RATE is a token bucket shared by
+    them (split per process). The loop itself (`sending.Sender`) reads and writes the ledger
+    over plain DB-API connections (`ledger.Ledger`); the extra processes are send workers
+    (`send_worker`): a Python with its database driver, no Flask and no SQLAlchemy, given
+    the variants this process rendered. About 25 MB each instead of a forked app's 80.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hmac
 import logging
 import os
-import secrets
+import pickle
 import signal
-import socket
+import subprocess
+import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from pathlib import Path
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, func, insert, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import String, cast, func, insert, or_, select, text, update
 
-from . import tokens
 from .extensions import db
-from .mail import MailError, Outgoing, PreparedMessage, envelope_sender, smtp_address, transport_from_url
-from .models import ConsentEvent, Delivery, Digest, Subscriber, utcnow
-from .ratelimit import TokenBucket
+from .ledger import (  # noqa: F401  (HOST, process_owner: the claim owners, for callers and tests)
+    HOST,
+    OPEN_STATES,
+    Database,
+    Ledger,
+    owner_alive,
+    process_owner,
+)
+from .links import PersonalLinks
+from .mail import envelope_sender, transport_from_url
+from .models import Delivery, Digest, Subscriber, subscriber_topics, utcnow
+from .sending import (  # noqa: F401  (the send's settings, kept where callers look)
+    Hooks,
+    MessageFactory,
+    Sender,
+    SendJob,
+    SendSettings,
+    parse_window,
+    process_stop,
+    seconds_until_window,
+)
 from .sqlite_tuning import install as _tune_sqlite
 
 log = logging.getLogger(__name__)
 _tune_sqlite()
 
-# Given a subscriber, the prepared message they get, or None when nothing in it is for them.
-MessageFactory = Callable[[Subscriber], "PreparedMessage | None"]
-
 PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
-OPEN_STATES = ("queued", "sending")  # not finished yet
 RATE_WINDOW_SECONDS = 10
-AUTO_PROCESSES_MIN = 4000  # SEND_PROCESSES=0 forks extra processes only for sends this large
+_HOST = HOST
+WORKER_PAUSED = 3  # a send worker's exit status when it paused the send for an error storm
 
 
 class SendStopped(SystemExit):  # noqa: N818  (an exit, like SystemExit)
     """The process was asked to stop (SIGTERM/SIGINT): the send was left cleanly, resumable."""
 
 
-# Set by stop_all_sends(): every send of this process finishes its messages in flight and stops.
-_process_stop = threading.Event()
-
-
 def stop_all_sends() -> None:
     """Ask every send running in this process (threads, scheduler jobs) to stop cleanly; for a
     process shutting down that did not get the signal itself in the sending thread."""
-    _process_stop.set()
+    process_stop.set()
 
 
-def personal_values(subscriber: Subscriber) -> dict[str, str]:
-    """The per-recipient slot values of a bulk message."""
-    return PersonalLinks.for_app().values(subscriber)
-
-
-class PersonalLinks:
-    """The personal values of the app's messages: To and the two signed links.
-
-    Holds what every message needs (the public URL, the two signers), so the hot path
-    of a bulk send does not look them up in the app's config for each recipient.
-    """
-
-    def __init__(self, public_url: str, secret_key: str):
-        self.public_url = public_url
-        self.secret_key = secret_key
-        self.unsubscribe = LinkSigner("unsubscribe")
-        self.preferences = LinkSigner("preferences")
-
-    @classmethod
-    def for_app(cls) -> PersonalLinks:
-        config = current_app.config
-        key = (config["PUBLIC_URL"], config["SECRET_KEY"])
-        links = _links.get(key)
-        if links is None:
-            links = _links[key] = cls(*key)
-        return links
-
-    def values(self, subscriber: Subscriber) -> dict[str, str]:
-        uid = subscriber.uid
-        return {
-            "to": smtp_address(subscriber.email)[0],
-            "unsubscribe_url": f"{self.public_url}/unsubscribe/{self.unsubscribe.token(uid)}",
-            "preferences_url": f"{self.public_url}/preferences/{self.preferences.token(uid)}",
-        }
+def personal_links() -> PersonalLinks:
+    """The app's personal links (one per public URL and secret key: the signers derive keys)."""
+    config = current_app.config
+    key = (config["PUBLIC_URL"], config["SECRET_KEY"])
+    links = _links.get(key)
+    if links is None:
+        links = _links[key] = PersonalLinks(*key)
+    return links
 
 
 _links: dict[tuple[str, str], PersonalLinks] = {}
 
 
-class LinkSigner:
-    """Makes the very tokens `tokens.make_token(purpose, uid)` makes, several times cheaper.
-
-    itsdangerous sets up a serializer and a signer, derives the key, tries zlib and
-    dumps JSON on every call: tens of microseconds, twice per message. Here the key is
-    derived once, the payload of a plain uid is `"uid"` base64-encoded, the timestamp
-    part changes once a second, and the HMAC is one C call. `tokens.read_token` reads
-    them (the tests check both ways).
-    """
-
-    def __init__(self, purpose: str):
-        from itsdangerous.encoding import base64_encode, int_to_bytes
-        from itsdangerous.signer import HMACAlgorithm
-        from itsdangerous.timed import TimestampSigner
-
-        serializer = tokens._serializer(purpose)
-        signer = serializer.make_signer()
-        self._encode = base64_encode
-        self._int_to_bytes = int_to_bytes
-        self.usable = isinstance(signer, TimestampSigner) and type(signer.algorithm) is HMACAlgorithm
-        self.key = signer.derive_key()
-        self.digest_name = signer.algorithm.digest_method().name  # e.g. "sha1", for hmac.digest
-        self.sep = signer.sep.encode() if isinstance(signer.sep, str) else signer.sep
-        self.purpose = purpose
-        self._second = -1
-        self._stamp = b""
-
-    def token(self, uid: str) -> str:
-        if not (self.usable and uid.isascii() and uid.isalnum()):
-            return tokens.make_token(self.purpose, uid)
-        now = int(time.time())
-        if now != self._second:
-            self._stamp, self._second = self._encode(self._int_to_bytes(now)), now
-        value = self._encode(b'"' + uid.encode() + b'"') + self.sep + self._stamp
-        signature = self._encode(hmac.digest(self.key, value, self.digest_name))
-        return (value + self.sep + signature).decode("ascii")
+def personal_values(subscriber) -> dict[str, str]:
+    """The per-recipient slot values of a bulk message."""
+    return personal_links().values(subscriber)
 
 
 # --- the ledger -------------------------------------------------------------------------
@@ -278,60 +227,7 @@ def _pinned(digest_id: int) -> None:
     )
 
 
-def _default_factory(digest: Digest) -> MessageFactory:
-    from .digests import DigestRenderer  # the digest module renders each variant once
-
-    return DigestRenderer(digest).message_for
-
-
-# --- claim owners and stale claims --------------------------------------------------------
-
-_HOST = socket.gethostname()[:24]
-
-
-def _process_stat(pid: int) -> list[bytes]:
-    """The fields of /proc/<pid>/stat after the command name (state first); [] if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def _process_start(pid: int) -> str:
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    fields = _process_stat(pid)
-    return fields[19].decode() if len(fields) > 19 else "0"
-
-
-def process_owner() -> str:
-    """host:pid:start of this process; a claim token adds a random part."""
-    pid = os.getpid()
-    return f"{_HOST}:{pid}:{_process_start(pid)}"
-
-
-def _claim_token() -> str:
-    return f"{process_owner()}:{secrets.token_hex(4)}"
-
-
-def _owner_alive(token: str) -> bool | None:
-    """True/False for a claim of a process on this host; None when it is another host's."""
-    host, _, rest = token.partition(":")
-    pid_text, _, rest = rest.partition(":")
-    start = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return None
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    fields = _process_stat(pid)
-    if fields and fields[0] in (b"Z", b"X"):  # killed, not yet reaped (an orphan's zombie)
-        return False
-    return start == "0" or (len(fields) > 19 and fields[19].decode() == start) or not fields
+# --- stale claims ---------------------------------------------------------------------------
 
 
 def recover_stale(digest_id: int | None = None) -> int:
@@ -352,7 +248,7 @@ def recover_stale(digest_id: int | None = None) -> int:
     dead = []
     now = utcnow()
     for token, last_change in owners:
-        alive = _owner_alive(token)
+        alive = owner_alive(token)
         if alive is False or (alive is None and last_change is not None
                               and _aware(last_change) < now - timeout):
             dead.append(token)
@@ -379,504 +275,6 @@ def resume_interrupted() -> list[int]:
     recover_stale()
     return list(db.session.execute(
         select(Digest.id).where(Digest.status == "sending").order_by(Digest.id)).scalars())
-
-
-# --- settings of one send -------------------------------------------------------------------
-
-
-@dataclass
-class SendSettings:
-    connections: int
-    processes: int
-    rate: float
-    batch_size: int
-    inflight: int
-    max_attempts: int
-    retry_seconds: float
-    retry_max_seconds: float
-    error_rate: float
-    error_window: int
-    poll_seconds: float
-    window: tuple[int, int] | None
-    timezone: ZoneInfo
-
-    @classmethod
-    def from_config(cls, config, queued: int = 0, custom_factory: bool = False) -> SendSettings:
-        connections = max(1, int(config["SEND_CONNECTIONS"]))
-        processes = int(config.get("SEND_PROCESSES", 1))
-        if processes <= 0:  # auto: one per CPU, for large sends only
-            processes = (os.cpu_count() or 1) if queued >= AUTO_PROCESSES_MIN else 1
-        if custom_factory or not hasattr(os, "fork"):
-            processes = 1  # a factory given by the caller cannot cross into a child process
-        processes = max(1, min(processes, connections))
-        return cls(
-            connections=connections,
-            processes=processes,
-            rate=float(config["SEND_RATE"] or 0),
-            batch_size=max(1, int(config["SEND_BATCH_SIZE"])),
-            inflight=max(1, int(config["SEND_INFLIGHT"])),
-            max_attempts=max(1, int(config["SEND_MAX_ATTEMPTS"])),
-            retry_seconds=float(config["SEND_RETRY_SECONDS"]),
-            retry_max_seconds=float(config["SEND_RETRY_MAX_SECONDS"]),
-            error_rate=float(config["SEND_MAX_ERROR_RATE"]),
-            error_window=max(1, int(config["SEND_ERROR_WINDOW"])),
-            poll_seconds=float(config["SEND_POLL_SECONDS"]),
-            window=parse_window(config.get("SEND_WINDOW", "")),
-            timezone=ZoneInfo(config["TIMEZONE"]),
-        )
-
-    def backoff(self, attempts: int) -> timedelta:
-        return timedelta(seconds=min(self.retry_seconds * 2 ** max(attempts - 1, 0), self.retry_max_seconds))
-
-
-def parse_window(text: str) -> tuple[int, int] | None:
-    """"07:00-21:00" -> (420, 1260) minutes of the day; empty -> None. May wrap midnight."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        start, end = (part.strip() for part in text.split("-"))
-        minutes = [int(h) * 60 + int(m) for h, m in (start.split(":"), end.split(":"))]
-    except ValueError as exc:
-        raise ValueError(f"SEND_WINDOW must look like 07:00-21:00, not {text!r}") from exc
-    return minutes[0], minutes[1]
-
-
-def seconds_until_window(window: tuple[int, int] | None, now: datetime, zone: ZoneInfo) -> float:
-    """0 inside the sending window (or without one), else the seconds until it opens."""
-    if window is None:
-        return 0.0
-    local = now.astimezone(zone)
-    minute = local.hour * 60 + local.minute
-    start, end = window
-    inside = start <= minute < end if start <= end else (minute >= start or minute < end)
-    if inside:
-        return 0.0
-    wait = (start - minute) % (24 * 60)
-    return max(wait * 60 - local.second, 1.0)
-
-
-# --- one process's sending ------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    delivery_id: int
-    attempts: int
-    subscriber: Subscriber
-
-
-@dataclass
-class _Results:
-    """What a connection has sent since the ledger last heard of it."""
-
-    sent: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    retry: list[tuple[int, int, str]] = field(default_factory=list)  # (id, attempts, reply)
-    failed: list[tuple[int, int, str]] = field(default_factory=list)
-    bounced: list[tuple[int, int, str, Subscriber]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.sent or self.skipped or self.retry or self.failed or self.bounced)
-
-
-class ProcessSender:
-    """Sends one digest from this process over `connections` SMTP connections (threads)."""
-
-    def __init__(self, app: Flask, digest_id: int, settings: SendSettings, connections: int,
-                 message_for: MessageFactory | None = None, stop: threading.Event | None = None,
-                 id_range: tuple[int, int] | None = None, rate: float | None = None):
-        self.app = app
-        self.digest_id = digest_id
-        self.settings = settings
-        self.connections = max(1, connections)
-        self.message_for = message_for
-        self.stop = stop or threading.Event()  # SIGTERM/SIGINT: leave cleanly
-        self.halt = threading.Event()  # the digest is no longer "sending" (pause, cancel, done)
-        self.id_range = id_range
-        self.bucket = TokenBucket(settings.rate if rate is None else rate)
-        self.errors: deque[bool] = deque(maxlen=settings.error_window)
-        self.errors_lock = threading.Lock()
-        self.sender = ""
-        self.links: PersonalLinks | None = None
-        self._cursor = 0  # the highest id claimed so far (a hint shared by the threads)
-        self._local = threading.local()  # each sending thread's database connection
-        self.retry_after: float | None = None  # set in range mode: rows of the range wait for a retry
-        self._factory_lock = threading.Lock()
-        self.stats = {"sent": 0, "failed": 0, "bounced": 0, "retry": 0, "skipped": 0}
-
-    # the loop of a process
-
-    def run(self) -> None:
-        with self.app.app_context():
-            self.sender = envelope_sender()
-            self.links = PersonalLinks.for_app()
-            if self.message_for is None:
-                digest = db.session.get(Digest, self.digest_id)
-                self.message_for = _default_factory(digest)
-            db.session.remove()
-        watcher = threading.Thread(target=self._watch, name=f"send-{self.digest_id}-watch", daemon=True)
-        watcher.start()
-        threads = [threading.Thread(target=self._connection, args=(n,), name=f"send-{self.digest_id}-{n}",
-                                    daemon=True) for n in range(self.connections)]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)
-        finally:
-            self.halt.set()
-            watcher.join(5)
-
-    def _should_stop(self) -> bool:
-        return self.stop.is_set() or self.halt.is_set() or _process_stop.is_set()
-
-    def _watch(self) -> None:
-        """Every SEND_POLL_SECONDS: is the digest still "sending"? Workers obey the answer."""
-        with self.app.app_context():
-            self._watch_loop()
-
-    def _watch_loop(self) -> None:
-        while not self._should_stop():
-            try:
-                with db.engine.connect() as conn:
-                    status = conn.execute(select(Digest.status).where(Digest.id == self.digest_id)).scalar()
-                if status != "sending":
-                    log.info("digest %s is %s: senders stop", self.digest_id, status)
-                    self.halt.set()
-                    return
-            except Exception:  # noqa: BLE001  (a database hiccup must not stop the watcher)
-                log.exception("could not read the status of digest %s", self.digest_id)
-            self.halt.wait(self.settings.poll_seconds)
-
-    def _connection(self, number: int) -> None:
-        with self.app.app_context():
-            transport = transport_from_url()
-            failures = 0
-            try:
-                while not self._should_stop():
-                    token = _claim_token()
-                    try:
-                        if not self._wait_for_window():
-                            break
-                        items = self._reserve(token)
-                        if items:
-                            self._send_batch(transport, items)
-                        elif not self._nothing_due():
-                            break
-                        failures = 0
-                    except Exception:  # noqa: BLE001  (the database went away, most likely)
-                        failures += 1
-                        log.exception("sender %s of digest %s failed (%d in a row)", number,
-                                      self.digest_id, failures)
-                        db.session.rollback()
-                        self._close_db()
-                        self._release_token(token)
-                        if failures >= 5:  # give up, like a crash: the next run resumes
-                            log.error("digest %s: too many errors, this sender stops", self.digest_id)
-                            self.halt.set()
-                            break
-                        self.halt.wait(self.settings.poll_seconds * 2 ** failures)
-            finally:
-                transport.close()
-                self._close_db()
-                db.session.remove()
-
-    def _db(self) -> Connection:
-        """This thread's database connection, kept for the whole send: taking one from the
-        pool for every chunk costs a round trip (pool_pre_ping) and the pool's own work."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._local.conn = db.engine.connect()
-        return conn
-
-    def _close_db(self) -> None:
-        conn, self._local.conn = getattr(self._local, "conn", None), None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001  (a broken connection: the pool discards it)
-                log.debug("closing a broken connection", exc_info=True)
-
-    def _release_token(self, token: str) -> None:
-        """After an error: hand back this claim's rows, like a crash would (the ones in flight
-        may have gone out: the in-flight bound)."""
-        try:
-            with db.engine.begin() as conn:
-                conn.execute(update(Delivery).where(
-                    Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES),
-                    Delivery.claimed_by == token,
-                ).values(state="queued", claimed_by=None, updated_at=utcnow()))
-        except Exception:  # noqa: BLE001  (still no database: recover_stale does it later)
-            log.exception("could not hand back the claim %s", token)
-
-    def _wait_for_window(self) -> bool:
-        while not self._should_stop():
-            wait = seconds_until_window(self.settings.window, utcnow(), self.settings.timezone)
-            if wait <= 0:
-                return True
-            log.info("outside SEND_WINDOW: digest %s waits %.0f s", self.digest_id, wait)
-            self.halt.wait(min(wait, self.settings.poll_seconds * 5))
-        return False
-
-    def _due(self, now: datetime) -> list:
-        where = [
-            Delivery.digest_id == self.digest_id,
-            Delivery.state == "queued",
-            Delivery.claimed_by.is_(None),
-            or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-        ]
-        if self.id_range is not None:
-            where += [Delivery.id >= self.id_range[0], Delivery.id <= self.id_range[1]]
-        return where
-
-    def _reserve(self, token: str) -> list[_Item]:
-        """Claim a batch of due rows (still "queued": reserved, not in flight) and load them.
-
-        The search starts after the last id this process claimed: on PostgreSQL the index
-        keeps the dead versions of every row updated since the last vacuum, and a search
-        from the start would step over all of them each time (quadratic in the list).
-        Only when nothing is left ahead does it look from the start again, for the rows
-        handed back or waiting for a retry.
-        """
-        after = self._cursor
-        items = self._claim(token, after)
-        if not items and after:
-            self._cursor = 0
-            items = self._claim(token, 0)
-        if items:
-            self._cursor = max(self._cursor, items[-1].delivery_id)
-        return items
-
-    def _claim(self, token: str, after: int) -> list[_Item]:
-        now = utcnow()
-        size = max(self.settings.inflight, self.settings.batch_size // self.connections)
-        candidates = (select(Delivery.id).where(*self._due(now), Delivery.id > after)
-                      .order_by(Delivery.id).limit(size))
-        if db.engine.dialect.name == "postgresql":
-            # A CTE with FOR UPDATE runs once (materialised); as a plain IN (subquery) PostgreSQL
-            # may plan a nested loop that runs the locking subquery again for every row.
-            # UPDATE … FROM chosen joins the few chosen ids to the primary key. The rows are
-            # locked by the CTE (re-checked against its WHERE after a wait), so no one else
-            # can take them in between.
-            chosen = candidates.with_for_update(skip_locked=True).cte("chosen")
-            claim = update(Delivery).where(Delivery.id == chosen.c.id)
-        else:
-            # SQLite evaluates the subquery once and serialises writers; the WHERE is repeated
-            # all the same, so a row someone else took meanwhile is left alone.
-            claim = update(Delivery).where(Delivery.id.in_(candidates.scalar_subquery()), *self._due(now))
-        conn = self._db()
-        with conn.begin():
-            # RETURNING (SQLite 3.35+, PostgreSQL): the claimed ids, to read them back by key.
-            claimed = claim.values(claimed_by=token, updated_at=now).returning(Delivery.id)
-            taken = conn.execute(claimed).scalars().all()
-        if not taken:
-            return []
-        # Closing the session keeps the loaded subscribers (and their topics) as they are and
-        # ends the read transaction: nothing stays open while the messages go out.
-        with Session(bind=conn) as session:
-            rows = session.execute(
-                select(Delivery.id, Delivery.attempts, Subscriber)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.id.in_(taken), Delivery.claimed_by == token, Delivery.state == "queued")
-                .order_by(Delivery.id)
-            ).all()
-        return [_Item(row[0], row[1], row[2]) for row in rows]
-
-    def _nothing_due(self) -> bool:
-        """Nothing to reserve now. Finish the digest, wait for retries or for other senders;
-        False when this sender should end."""
-        recovered = recover_stale(self.digest_id)
-        if recovered:
-            return True
-        where = [Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES)]
-        if self.id_range is not None:
-            where += [Delivery.id >= self.id_range[0], Delivery.id <= self.id_range[1]]
-        with db.engine.connect() as conn:
-            left, next_at, claimed = conn.execute(
-                select(func.count(), func.min(Delivery.next_attempt_at), func.count(Delivery.claimed_by))
-                .where(*where)
-            ).one()
-        if left == 0:
-            if self.id_range is None and not pinning_done(self.digest_id):
-                # Ahead of the pinning (or its process died): pin the rest here, then go on.
-                pin_rest(self.digest_id)
-                db.session.remove()
-                return True
-            if self.id_range is None or not self._digest_open():
-                finish_send(self.digest_id)
-            return False
-        wait = self.settings.poll_seconds
-        if next_at is not None and claimed < left:  # some wait for a retry
-            wait = max(0.0, (_aware(next_at) - utcnow()).total_seconds())
-            if self.id_range is not None and claimed == 0:
-                self.retry_after = wait  # a Celery batch: come back later instead of sleeping
-                return False
-        elif self.id_range is not None:
-            return False  # the rest of the range is another worker's, who is alive
-        self.halt.wait(min(max(wait, 0.05), self.settings.poll_seconds))
-        return True
-
-    def _digest_open(self) -> bool:
-        with db.engine.connect() as conn:
-            return bool(conn.execute(
-                select(func.count()).select_from(Delivery)
-                .where(Delivery.digest_id == self.digest_id, Delivery.state.in_(OPEN_STATES))
-            ).scalar())
-
-    def _send_batch(self, transport, items: list[_Item]) -> None:
-        inflight = self.settings.inflight
-        results = _Results()
-        done = 0
-        try:
-            while done < len(items) and not self._should_stop():
-                chunk = items[done:done + inflight]
-                self._record(results, sending=[item.delivery_id for item in chunk])
-                results = _Results()
-                done += self._send_chunk(transport, chunk, results)
-        finally:
-            # Record what was sent, and hand back every row not tried (never sent: no duplicate).
-            self._record(results, release=[item.delivery_id for item in items[done:]])
-
-    def _send_chunk(self, transport, chunk: list[_Item], results: _Results) -> int:
-        """Send the chunk as one stream over the connection; returns how many rows were
-        tried (the rest were not touched: a stop, a pause, or the rate limit's wait)."""
-        tried = 0
-        unanswered: dict[int, _Item] = {}  # handed to the transport, no outcome yet
-
-        def outgoing() -> Iterator[Outgoing]:
-            nonlocal tried
-            for item in chunk:
-                if self._should_stop() or not self.bucket.take(self._should_stop):
-                    return
-                tried += 1
-                data = self._encode(transport, item, results)
-                if data is not None:
-                    unanswered[item.delivery_id] = item
-                    yield Outgoing(item, item.subscriber.email, data)
-                if self.halt.is_set():
-                    return
-
-        try:
-            # With SEND_RATE the next message may have to wait for a token: no lookahead then.
-            stream = transport.send_many(self.sender, outgoing(), lookahead=not self.bucket.rate)
-            for message, error in stream:
-                item = message.key
-                del unanswered[item.delivery_id]
-                self._outcome(item, error, results)
-        except Exception as exc:  # noqa: BLE001  (a transport bug: retry later on a new connection)
-            log.exception("digest %s: unexpected error while sending", self.digest_id)
-            transport.close()
-            for item in unanswered.values():
-                self._outcome(item, MailError(f"error: {exc}"), results)  # no code: retried
-        return tried
-
-    def _encode(self, transport, item: _Item, results: _Results) -> bytes | None:
-        """The recipient's message as the transport sends it, or None (skipped or failed)."""
-        subscriber = item.subscriber
-        if subscriber.status != "confirmed":  # unsubscribed or bounced since the send started
-            results.skipped.append(item.delivery_id)
-            return None
-        try:
-            with self._factory_lock:
-                prepared = self.message_for(subscriber)
-            if prepared is None:
-                results.skipped.append(item.delivery_id)
-                return None
-            return transport.encode(prepared, self.links.values(subscriber))
-        except Exception as exc:  # noqa: BLE001  (one broken message must not stop the send)
-            log.exception("could not render delivery %s", item.delivery_id)
-            results.failed.append((item.delivery_id, item.attempts + 1, f"render error: {exc}"[:500]))
-            self._note(error=True)
-            return None
-
-    def _outcome(self, item: _Item, error: MailError | None, results: _Results) -> None:
-        if error is None:
-            results.sent.append(item.delivery_id)
-            self._note(error=False)
-            return
-        attempts = item.attempts + 1
-        reply = str(error)[:500]
-        if error.permanent:
-            results.bounced.append((item.delivery_id, attempts, reply, item.subscriber))
-        elif attempts >= self.settings.max_attempts:
-            results.failed.append((item.delivery_id, attempts, reply))
-        else:
-            results.retry.append((item.delivery_id, attempts, reply))
-        log.info("delivery %s to subscriber %s: %s", item.delivery_id, item.subscriber.id, reply)
-        self._note(error=True)
-
-    def _note(self, *, error: bool) -> None:
-        """The error-storm check over the last SEND_ERROR_WINDOW replies."""
-        with self.errors_lock:
-            self.errors.append(error)
-            full = len(self.errors) == self.errors.maxlen
-            errors = sum(self.errors) if full and error else 0
-        if full and errors / self.settings.error_window > self.settings.error_rate:
-            with self.errors_lock:
-                self.errors.clear()
-            reason = (f"paused: {errors} errors in the last {self.settings.error_window} replies "
-                      f"(more than SEND_MAX_ERROR_RATE {self.settings.error_rate:.0%})")
-            pause_for_errors(self.digest_id, reason)
-            self.halt.set()
-
-    def _record(self, results: _Results, *, sending: Iterable[int] = (), release: Iterable[int] = ()) -> None:
-        """One transaction: the results so far, then the next rows in flight (or the release)."""
-        sending, release = list(sending), list(release)
-        if not (results or sending or release):
-            return
-        now = utcnow()
-        conn = self._db()
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
-                # A crash of the sender loses nothing; only a crash of the database server
-                # could forget the last moments (then those messages would be sent again).
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            if results.sent:
-                conn.execute(update(Delivery).where(Delivery.id.in_(results.sent)).values(
-                    state="sent", sent_at=now, attempts=Delivery.attempts + 1, claimed_by=None,
-                    last_reply="250", updated_at=now))
-            if results.skipped:
-                conn.execute(update(Delivery).where(Delivery.id.in_(results.skipped)).values(
-                    state="skipped", claimed_by=None, updated_at=now))
-            for delivery_id, attempts, reply in results.retry:
-                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
-                    state="queued", claimed_by=None, attempts=attempts, last_reply=reply,
-                    next_attempt_at=now + self.settings.backoff(attempts), updated_at=now))
-            for delivery_id, attempts, reply in results.failed:
-                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
-                    state="failed", claimed_by=None, attempts=attempts, last_reply=reply, updated_at=now))
-            for delivery_id, attempts, reply, subscriber in results.bounced:
-                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(
-                    state="bounced", claimed_by=None, attempts=attempts, last_reply=reply, updated_at=now))
-                _mark_bounced(conn, subscriber, reply, self.digest_id)
-            if sending:
-                conn.execute(update(Delivery).where(Delivery.id.in_(sending)).values(
-                    state="sending", updated_at=now))
-            if release:
-                conn.execute(update(Delivery).where(Delivery.id.in_(release)).values(
-                    state="queued", claimed_by=None, updated_at=now))
-        self.stats["sent"] += len(results.sent)
-        self.stats["skipped"] += len(results.skipped)
-        self.stats["retry"] += len(results.retry)
-        self.stats["failed"] += len(results.failed)
-        self.stats["bounced"] += len(results.bounced)
-
-
-def _mark_bounced(conn, subscriber: Subscriber, reply: str, digest_id: int) -> None:
-    """A 5xx: the address is bounced for good, with a consent-ledger event."""
-    from .subscriptions import email_hash
-
-    changed = conn.execute(update(Subscriber).where(
-        Subscriber.id == subscriber.id, Subscriber.status.in_(("confirmed", "pending")))
-        .values(status="bounced")).rowcount
-    if changed:
-        conn.execute(insert(ConsentEvent).values(
-            subscriber_id=subscriber.id, email_hash=email_hash(subscriber.email), kind="bounce",
-            source="system", wording_version="", ip="", user_agent="",
-            detail={"reply": reply, "digest_id": digest_id}, created_at=utcnow()))
 
 
 # --- the status machine -------------------------------------------------------------------
@@ -959,6 +357,79 @@ def cancel_send(digest_id: int) -> Digest:
 # --- sending: blocking ------------------------------------------------------------------------
 
 
+class AppHooks(Hooks):
+    """A sender in a process with the app: it recovers, pins, finishes and reports itself."""
+
+    def __init__(self, app: Flask, digest_id: int):
+        self.app = app
+        self.digest_id = digest_id
+
+    def _call(self, work: Callable, *args):
+        with self.app.app_context():
+            try:
+                return work(*args)
+            finally:
+                db.session.remove()
+
+    def recover(self) -> int:
+        return self._call(recover_stale, self.digest_id)
+
+    def pinning_done(self) -> bool:
+        return self._call(pinning_done, self.digest_id)
+
+    def pin_rest(self) -> None:
+        self._call(pin_rest, self.digest_id)
+
+    def finish(self) -> None:
+        self._call(finish_send, self.digest_id)
+
+    def paused_for_errors(self) -> None:
+        self._call(_report, self.digest_id, "error_storm")
+
+
+def app_ledger() -> Ledger:
+    """The ledger over connections of the app's engine (its pool, its SQLite settings)."""
+    engine = db.engine
+    return Ledger(engine.dialect.name, engine.raw_connection)
+
+
+def _send_job(digest_id: int, settings: SendSettings, connections: int, rate: float,
+              id_range: tuple[int, int] | None = None) -> SendJob:
+    return SendJob(digest_id=digest_id, settings=settings, connections=connections, sender=envelope_sender(),
+                   links=personal_links(), rate=rate, id_range=id_range)
+
+
+def _sender(app: Flask, job: SendJob, message_for: MessageFactory | None,
+            stop: threading.Event | None = None) -> Sender:
+    """A sender in this process, with the digest's renderer unless a factory is given."""
+    if message_for is None:
+        message_for = _renderer_factory(app, job.digest_id)
+    mail_url = app.config["MAIL_URL"]
+    return Sender(app_ledger(), job, message_for, lambda: transport_from_url(mail_url),
+                  AppHooks(app, job.digest_id), stop)
+
+
+def _renderer_factory(app: Flask, digest_id: int) -> MessageFactory:
+    """Each variant rendered on first use (in an app context: templates, translations)."""
+    from .digests import DigestRenderer
+
+    renderer = DigestRenderer(db.session.get(Digest, digest_id))
+    rule = renderer.rule
+
+    def message_for(recipient):
+        key = rule.variant_for(recipient.language, recipient.topic_ids)
+        if key is None:
+            return None
+        message = renderer.cached(key)
+        if message is None:
+            with app.app_context():
+                message = renderer.message_for_variant(key)
+        return message
+
+    message_for.renderer = renderer  # type: ignore[attr-defined]  (send workers get its variants)
+    return message_for
+
+
 def send_digest(digest_id: int, message_for: MessageFactory | None = None,
                 batch_size: int | None = None, processes: int | None = None) -> dict:
     """Send every open delivery of the digest; returns when it is done, paused or cancelled
@@ -978,31 +449,41 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
         queued += db.session.execute(select(func.count()).select_from(Subscriber).where(
             Subscriber.status == "confirmed", Subscriber.id > select(func.max(Delivery.subscriber_id))
             .where(Delivery.digest_id == digest_id).scalar_subquery())).scalar_one()
-    settings = SendSettings.from_config(app.config, queued, custom_factory=message_for is not None)
+    # Send workers are for SMTP (memory:// and outbox:// are this process's), and cannot take a
+    # factory given by the caller.
+    workers_possible = message_for is None and app.config["MAIL_URL"].startswith(("smtp://", "smtps://",
+                                                                                  "smtp+starttls://"))
+    settings = SendSettings.from_config(app.config, queued, single_process=not workers_possible)
     if batch_size:
         settings.batch_size = batch_size
-    if processes is not None:
+    if processes is not None and workers_possible:
         settings.processes = max(1, min(processes, settings.connections))
+    shares = _split(settings.connections, settings.processes)
+    rate = settings.rate / settings.processes if settings.rate else 0
+    sender = _sender(app, _send_job(digest_id, settings, shares[0], rate), message_for)
     db.session.commit()
-    stop = threading.Event()
-    with _signals_stop(stop) as children:
-        shares = _split(settings.connections, settings.processes)
-        rate = settings.rate / settings.processes if settings.rate else 0
-        for share in shares[1:]:
-            children.append(_fork_sender(app, digest_id, settings, share, rate))
-        pinner = None
-        if pinning:  # after the forks: a thread does not survive one
-            pinner = threading.Thread(target=_pin_rest_in_thread, args=(app, digest_id),
-                                      name=f"send-{digest_id}-pin", daemon=True)
-            pinner.start()
-        ProcessSender(app, digest_id, settings, shares[0], message_for, stop, rate=rate).run()
-        for child in children:
-            while child.is_alive():
-                child.join(0.5)
-        if pinner is not None:
-            pinner.join()
+    stop = sender.stop
+    with _signals_stop(stop) as workers:
+        # Started from this thread, which outlives them (PR_SET_PDEATHSIG follows the thread).
+        workers.extend(_start_worker() for _ in shares[1:])
+        helpers = []
+        if workers:  # they get their job once the variants are rendered, while we send
+            helpers.append(threading.Thread(
+                target=_hand_out_jobs, args=(app, sender, workers, [_send_job(
+                    digest_id, settings, share, rate) for share in shares[1:]]),
+                name=f"send-{digest_id}-workers", daemon=True))
+        if pinning:
+            helpers.append(threading.Thread(target=_pin_rest_in_thread, args=(app, digest_id),
+                                            name=f"send-{digest_id}-pin", daemon=True))
+        for helper in helpers:
+            helper.start()
+        sender.run()
+        for helper in helpers:
+            helper.join()
+        for worker in workers:
+            _wait_for_worker(app, digest_id, worker)
     db.session.expire_all()
-    if stop.is_set() or _process_stop.is_set():
+    if stop.is_set() or process_stop.is_set():
         raise SendStopped(143)
     finish_send(digest_id)  # e.g. every row was already final
     return send_progress(digest_id)
@@ -1020,6 +501,86 @@ def _pin_rest_in_thread(app: Flask, digest_id: int) -> None:
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if n < total % parts else 0) for n in range(parts)]
+
+
+# --- send workers ------------------------------------------------------------------------------
+
+
+def _start_worker() -> subprocess.Popen:
+    """A send worker process, waiting for its job on stdin (see `send_worker`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.send_worker", str(os.getpid())],
+        stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent, close_fds=True,
+    )
+
+
+def _worker_database() -> Database:
+    """How a send worker connects to the app's database."""
+    url = db.engine.url
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ValueError("send workers need a database file, not an in-memory SQLite")
+        return Database("sqlite", os.path.abspath(url.database))
+    return Database("postgresql", url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+def worker_jobs(renderer, jobs: list[SendJob]) -> list:
+    """The send workers' jobs (in an app context): every variant the recipients need,
+    rendered here, and how to reach the database and the SMTP server."""
+    from .send_worker import WorkerJob
+
+    variants = {key: renderer.message_for_variant(key) for key in _variants_in_use(renderer.rule)}
+    common = dict(database=_worker_database(), mail_url=current_app.config["MAIL_URL"], rule=renderer.rule,
+                  variants=variants, log_level=current_app.config.get("LOG_LEVEL", "INFO"))
+    return [WorkerJob(send=job, **common) for job in jobs]
+
+
+def _hand_out_jobs(app: Flask, sender: Sender, workers: list[subprocess.Popen], jobs: list[SendJob]) -> None:
+    """Give each worker its job once the variants are rendered (or, should that fail,
+    nothing: they exit and this process sends on alone)."""
+    payload = None
+    try:
+        with app.app_context():
+            renderer = sender.message_for.renderer  # type: ignore[attr-defined]
+            payload = [pickle.dumps(job) for job in worker_jobs(renderer, jobs)]
+            db.session.remove()
+    except Exception:  # noqa: BLE001  (the send goes on in this process)
+        log.exception("could not prepare the send workers of digest %s", sender.digest_id)
+    for number, worker in enumerate(workers):
+        try:
+            if payload is not None and not sender.should_stop():
+                worker.stdin.write(payload[number])
+            worker.stdin.close()
+        except OSError:  # it is gone already: its claims, if any, are recovered
+            log.warning("send worker %s did not take its job", worker.pid)
+
+
+def _variants_in_use(rule) -> set:
+    """The variants (language, topics shown) of the confirmed subscribers, from one query:
+    each person's followed topics aggregated, then the distinct combinations."""
+    if db.engine.dialect.name == "postgresql":
+        followed = func.string_agg(cast(subscriber_topics.c.topic_id, String), ",")
+    else:
+        followed = func.group_concat(subscriber_topics.c.topic_id)
+    person = (select(Subscriber.language.label("language"), followed.label("topics"))
+              .select_from(Subscriber).outerjoin(subscriber_topics, subscriber_topics.c.subscriber_id
+                                                 == Subscriber.id)
+              .where(Subscriber.status == "confirmed").group_by(Subscriber.id, Subscriber.language)
+              .subquery())
+    combos = db.session.execute(select(person.c.language, person.c.topics).distinct()).all()
+    keys = {rule.variant_for(language, [int(t) for t in (topics or "").split(",") if t])
+            for language, topics in combos}
+    return keys - {None}
+
+
+def _wait_for_worker(app: Flask, digest_id: int, worker: subprocess.Popen) -> None:
+    status = worker.wait()
+    if status == WORKER_PAUSED:
+        with app.app_context():
+            _report(digest_id, "error_storm")
+            db.session.remove()
+    elif status not in (0, -signal.SIGTERM, -signal.SIGINT, 143):
+        log.warning("send worker %s of digest %s ended with status %s", worker.pid, digest_id, status)
 
 
 class _signals_stop:  # noqa: N801  (used as a context manager, like a function)
@@ -1040,7 +601,7 @@ class _signals_stop:  # noqa: N801  (used as a context manager, like a function)
         log.warning("signal %s: finishing the messages in flight, then stopping", signum)
         self.stop.set()
         for child in self.children:
-            if child.pid and child.is_alive():
+            if child.poll() is None:
                 try:
                     os.kill(child.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -1049,39 +610,6 @@ class _signals_stop:  # noqa: N801  (used as a context manager, like a function)
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def _fork_sender(app: Flask, digest_id: int, settings: SendSettings, connections: int, rate: float):
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    process = context.Process(target=_child_main, args=(app, digest_id, settings, connections, rate,
-                                                        os.getpid()), daemon=True,
-                              name=f"send-digest-{digest_id}")
-    process.start()
-    return process
-
-
-def _child_main(app: Flask, digest_id: int, settings: SendSettings, connections: int, rate: float,
-                parent: int) -> None:
-    """A forked sender process: dies with its parent (even on kill -9), stops on SIGTERM/SIGINT."""
-    _die_with_parent()
-    if os.getppid() != parent:
-        os._exit(1)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    with app.app_context():
-        db.engine.dispose(close=False)  # the parent's connections are the parent's
-    ProcessSender(app, digest_id, settings, connections, None, stop, rate=rate).run()
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the child notices on its own (getppid)
-        pass
 
 
 def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
@@ -1093,9 +621,9 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
     if digest is None or digest.status != "sending":
         return {"retry_after": None, "status": digest.status if digest else "missing"}
     settings = SendSettings.from_config(app.config)
-    db.session.commit()
     per_task = settings.rate / settings.connections if settings.rate else 0
-    sender = ProcessSender(app, digest_id, settings, 1, None, id_range=(first_id, last_id), rate=per_task)
+    sender = _sender(app, _send_job(digest_id, settings, 1, per_task, id_range=(first_id, last_id)), None)
+    db.session.commit()
     sender.run()
     return {"retry_after": sender.retry_after, "status": "sending", **sender.stats}
 

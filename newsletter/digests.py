@@ -33,6 +33,7 @@ from . import delivery, mail
 from .extensions import db
 from .mail import PreparedMessage
 from .models import Article, Digest, SchedulerLock, Subscriber, Topic, digest_articles, utcnow
+from .sending import VariantRule
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,8 @@ class DigestRenderer:
         zone = ZoneInfo(current_app.config["TIMEZONE"])
         self.local_date = (digest.compiled_for or utcnow()).astimezone(zone)
         self.zone = zone
-        self._languages = frozenset(current_app.config["LANGUAGES"])
-        self._default_locale = current_app.config["DEFAULT_LOCALE"]
-        self._orphans = frozenset(self.topic_ids & {None})  # articles whose topic was deleted
-        self._everything = frozenset(self.topic_ids)
+        self.rule = VariantRule(frozenset(self.topic_ids), frozenset(current_app.config["LANGUAGES"]),
+                                current_app.config["DEFAULT_LOCALE"])
 
     # which variant a subscriber gets
 
@@ -146,24 +145,17 @@ class DigestRenderer:
         return self.variant_for(subscriber.language, [topic.id for topic in subscriber.topics])
 
     def variant_for(self, language: str | None, followed) -> tuple[str, frozenset] | None:
-        """`variant` from plain values, for a sender that streams rows instead of ORM objects:
-        the subscriber's language and the ids of the topics they follow (empty: all topics)."""
-        if not followed:  # no topics chosen means all topics
-            shown = self._everything
-        else:
-            shown = self.topic_ids.intersection(followed)
-            if not shown:  # none of their topics has an article this time: they get nothing
-                return None
-            # An article whose topic was deleted since goes to everyone.
-            shown = frozenset(shown | self._orphans)
-        if not shown:
-            return None
-        return (language if language in self._languages else self._default_locale), shown
+        """`variant` from plain values (see `sending.VariantRule`)."""
+        return self.rule.variant_for(language, followed)
 
     def message_for(self, subscriber: Subscriber) -> PreparedMessage | None:
         """The prepared message for this subscriber (cached per variant), or None."""
         key = self.variant(subscriber)
         return None if key is None else self.message_for_variant(key)
+
+    def cached(self, key: tuple[str, frozenset]) -> PreparedMessage | None:
+        """The variant's message if it is rendered already (no app context needed)."""
+        return self._messages.get(key)
 
     def message_for_variant(self, key: tuple[str, frozenset]) -> PreparedMessage:
         """The prepared message of a variant (from `variant_for`), rendered on first use only."""

@@ -63,8 +63,8 @@ def init_migrations(app: Flask) -> None:
 class MigrationsGroup(click.Group):
     """`flask db …`: Flask-Migrate's group, imported when it is used.
 
-    Importing Alembic costs about 0.2 s and 11 MB; every other command (a `digest send`
-    and each process it forks) would pay for it, so the real group is only loaded here.
+    Importing Alembic costs about 0.2 s and 11 MB; every other command (a `digest send`,
+    the scheduler) would pay for it, so the real group is only loaded here.
     """
 
     def __init__(self) -> None:

@@ -9,7 +9,6 @@ transaction as the change that calls for them, never sent from here.
 from __future__ import annotations
 
 import csv
-import hashlib
 import unicodedata
 from datetime import timedelta
 from typing import IO
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import mail_queue, tokens
 from .extensions import db
+from .ledger import email_hash
 from .mail import prepare_message, render_email, slot, smtp_address
 from .models import (
     CONSENT_SOURCES,
@@ -120,11 +120,6 @@ def check_topics(slugs) -> list[Topic]:
 def validate_signup(email, *, topics, language, name="") -> tuple[str, list[Topic], str, str]:
     """(address, topics, language, name) checked and normalised, or InvalidInput."""
     return normalise_email(email), check_topics(topics), check_language(language), clean_name(name)
-
-
-def email_hash(email: str) -> str:
-    """What an erased person leaves in the ledger: the SHA-256 of the normalised address."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 def _check_source(source: str) -> str:

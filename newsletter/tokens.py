@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flask import current_app
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
-PURPOSES = ("confirm", "unsubscribe", "preferences", "signup-form")
+from .links import serializer
 
 
 class TokenError(Exception):
@@ -30,9 +30,7 @@ class TokenData:
 
 
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
-    if purpose not in PURPOSES:
-        raise ValueError(f"unknown token purpose {purpose!r}")
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=f"newsletter.{purpose}")
+    return serializer(current_app.config["SECRET_KEY"], purpose)
 
 
 def make_token(purpose: str, payload) -> str:

@@ -245,6 +245,6 @@ def wait_for(predicate, timeout: float, poll: float = 0.02) -> bool:
 
 
 def kill_hard(process: subprocess.Popen) -> None:
-    """kill -9, and wait until it (and its forked senders, which die with it) are gone."""
+    """kill -9, and wait until it (and its send workers, which die with it) are gone."""
     process.send_signal(signal.SIGKILL)
     process.wait(10)

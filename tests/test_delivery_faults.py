@@ -38,9 +38,11 @@ def fast_app(make_app, smtp_server):
     return make_app(MAIL_URL=smtp_server.url, **FAST)
 
 
-def test_4xx_retried_5xx_bounced_and_left_out_of_the_next_digest(fast_app, smtp_server):
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "with a send worker"])
+def test_4xx_retried_5xx_bounced_and_left_out_of_the_next_digest(fast_app, smtp_server, processes):
     """10 % answered 451 on the first try: all delivered once; 2 % answered 550: bounced,
-    never retried, a consent event each, and not in the next digest."""
+    never retried, a consent event each, and not in the next digest. The same when a send
+    worker (a process of its own, see send_worker) sends part of it."""
     handler = fault_server(smtp_server)
     soft = first_try_fault("451 4.7.1 greylisted, try later", lambda r: number(r) % 10 == 3)
     hard = {f"p{i}@example.se" for i in range(1000) if i % 50 == 7}
@@ -55,7 +57,7 @@ def test_4xx_retried_5xx_bounced_and_left_out_of_the_next_digest(fast_app, smtp_
     handler.faults = fault
     with fast_app.app_context():
         digest_id = seed(1000)
-        progress = delivery.send_digest(digest_id)
+        progress = delivery.send_digest(digest_id, processes=processes)
         assert progress["status"] == "done"
         assert progress["bounced"] == len(hard) == 20
         assert progress["sent"] == 1000 - 20 and progress["failed"] == 0
@@ -118,14 +120,15 @@ def test_pause_and_resume_five_times_exactly_one_copy_each(fast_app, smtp_server
     assert len(counts) == n and max(counts.values()) == 1
 
 
-def test_error_storm_pauses_the_send_and_tells_the_admins(make_app, smtp_server):
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "with a send worker"])
+def test_error_storm_pauses_the_send_and_tells_the_admins(make_app, smtp_server, processes):
     app = make_app(MAIL_URL=smtp_server.url, **{**FAST, "SEND_MAX_ERROR_RATE": 0.2, "SEND_ERROR_WINDOW": 50})
     handler = fault_server(smtp_server)
     handler.faults = lambda rcpt: ("451 4.3.0 overloaded" if rcpt.startswith("p") and number(rcpt) >= 300
                                    else None)
     with app.app_context():
         digest_id = seed(1000, admins=("boss@example.se", "admin-en@example.se"))
-        progress = delivery.send_digest(digest_id)
+        progress = delivery.send_digest(digest_id, processes=processes)
         assert progress["status"] == "paused"
         assert 100 <= progress["sent"] <= 300  # the storm stopped it soon after it began
         assert progress["queued"] + progress["failed"] == 1000 - progress["sent"]

@@ -1,5 +1,5 @@
 """`flask --app wsgi digest send` killed and restarted: kill -9 at several points, SIGTERM,
-two senders at once. Real processes (the sender forks a second one), a real SMTP server."""
+two senders at once. Real processes (the sender starts a send worker), a real SMTP server."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_kill_9_at_several_points_then_resume(smtp_app, sending):
         assert wait_for(lambda p=point: handler.received() >= p * N, 60), log.read_text()
         kill_hard(process)
         kills += 1
-        time.sleep(0.5)  # the forked sender dies with its parent: nothing more arrives
+        time.sleep(0.5)  # the send worker dies with its parent: nothing more arrives
         settled = handler.received()
         time.sleep(0.5)
         assert handler.received() == settled

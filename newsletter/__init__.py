@@ -1,0 +1,23 @@
+"""The newsletter service: `create_app()` builds the Flask app.
+
+The package itself imports nothing heavy: the send worker (`python -m
+newsletter.send_worker`, a process of its own for large sends) imports only the
+Flask-free modules it needs (`smtp`, `prepared`, `links`, `ledger`, `sending`),
+so that each sending process costs a fraction of the memory of a Flask app.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+
+def create_app(overrides: dict | None = None, config_class: type | None = None) -> Flask:
+    """Build the app (see `newsletter.app.create_app`)."""
+    from .app import create_app as build
+
+    if config_class is None:
+        return build(overrides)
+    return build(overrides, config_class)
