@@ -200,18 +200,22 @@ class Ledger:
         finally:
             cursor.close()
 
-    def _due(self, digest_id: int, now: datetime, after: int, id_range, exclude) -> tuple[str, list]:
-        sql = ("digest_id = ? AND state = 'queued' AND claimed_by IS NULL"
-               " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND id > ?")
-        params: list = [digest_id, self._time(now), after]
+    def _rows(self, sql: str, params: list, id_range, exclude) -> tuple[str, list]:
+        """A WHERE over the digest's rows, narrowed to a Celery batch's id range and without
+        the rows this process handed on."""
         if id_range is not None:
             sql += " AND id >= ? AND id <= ?"
-            params += list(id_range)
+            params = [*params, *id_range]
         if exclude:
             clause, values = self._in("id", sorted(exclude))
             sql += f" AND NOT ({clause})"
-            params += values
+            params = [*params, *values]
         return sql, params
+
+    def _due(self, digest_id: int, now: datetime, after: int, id_range, exclude) -> tuple[str, list]:
+        return self._rows("digest_id = ? AND state = 'queued' AND claimed_by IS NULL"
+                          " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND id > ?",
+                          [digest_id, self._time(now), after], id_range, exclude)
 
     # claims
 
@@ -338,15 +342,8 @@ class Ledger:
     def open_rows(self, conn, digest_id: int, id_range: tuple[int, int] | None = None,
                   exclude: Iterable[int] = ()) -> tuple[int, datetime | None, int]:
         """(rows still open, the earliest retry time among them, how many are claimed)."""
-        sql = "digest_id = ? AND state IN ('queued', 'sending')"
-        params: list = [digest_id]
-        if id_range is not None:
-            sql += " AND id >= ? AND id <= ?"
-            params += list(id_range)
-        if exclude:
-            clause, values = self._in("id", sorted(exclude))
-            sql += f" AND NOT ({clause})"
-            params += values
+        sql, params = self._rows("digest_id = ? AND state IN ('queued', 'sending')", [digest_id], id_range,
+                                 set(exclude))
 
         def read(cursor):
             cursor.execute(self._sql(f"SELECT count(*), min(next_attempt_at), count(claimed_by)"
