@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy import func, select
@@ -34,6 +33,8 @@ def _hasher() -> PasswordHasher:
 
 
 def normalise_admin_email(raw: str) -> str:
+    from email_validator import EmailNotValidError, validate_email  # see subscriptions.normalise_email
+
     try:
         return validate_email((raw or "").strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:

@@ -32,6 +32,7 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     if overrides:
         app.config.update(overrides)
     _instance_defaults(app)
+    _template_cache(app)
     from .mail import check_dkim_settings
 
     check_dkim_settings(app)  # a bad DKIM key stops the start with a clear error
@@ -64,6 +65,21 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     register_template_helpers(app)
     register_cli(app)
     return app
+
+
+def _template_cache(app: Flask) -> None:
+    """Compiled templates kept in the instance folder: every process (a `digest send`, the
+    scheduler, each web worker) would otherwise compile the digest's templates again before
+    its first message (about 30 ms)."""
+    from jinja2 import FileSystemBytecodeCache
+
+    folder = Path(app.instance_path) / "template-cache"
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return
+    if os.access(folder, os.W_OK):
+        app.jinja_env.bytecode_cache = FileSystemBytecodeCache(str(folder))
 
 
 def _instance_defaults(app: Flask) -> None:

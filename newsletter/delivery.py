@@ -538,6 +538,9 @@ def worker_jobs(renderer, jobs: list[SendJob]) -> list:
 def _hand_out_jobs(app: Flask, sender: Sender, workers: list[subprocess.Popen], jobs: list[SendJob]) -> None:
     """Give each worker its job once the variants are rendered (or, should that fail,
     nothing: they exit and this process sends on alone)."""
+    # Not before this process's first message is out: rendering the variants holds the GIL,
+    # and the first message should not wait for it.
+    sender.first_reply.wait(2)
     payload = None
     try:
         with app.app_context():

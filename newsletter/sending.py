@@ -216,6 +216,7 @@ class Sender:
         self.hooks = hooks or Hooks()
         self.stop = stop or threading.Event()  # SIGTERM/SIGINT: leave cleanly
         self.halt = threading.Event()  # the digest is no longer "sending" (pause, cancel, done)
+        self.first_reply = threading.Event()  # the first message of this sender has an outcome
         self.id_range = job.id_range
         self.bucket = TokenBucket(job.rate)
         self.errors: deque[bool] = deque(maxlen=self.settings.error_window)
@@ -448,6 +449,7 @@ class Sender:
             return None
 
     def _outcome(self, item: Item, error: MailError | None, results: Results) -> None:
+        self.first_reply.set()
         if error is None:
             results.sent.append(item.delivery_id)
             self._note(error=False)

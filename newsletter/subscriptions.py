@@ -13,7 +13,6 @@ import unicodedata
 from datetime import timedelta
 from typing import IO
 
-from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -76,6 +75,10 @@ def normalise_email(raw: object) -> str:
     raw = raw.strip()
     if len(raw) > MAX_EMAIL_LENGTH:
         raise InvalidInput("email", "address too long")
+    # Imported here: its tables cost ~20 ms at start-up, and every process (a digest send,
+    # the scheduler) imports this module without ever validating an address.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         info = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as exc:

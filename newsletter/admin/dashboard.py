@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, render_template
 
-from .. import delivery, digests, scheduler, stats
+from .. import delivery, digests, stats
 from ..models import utcnow
 from . import bp
 from .auth import role_required
@@ -15,6 +15,8 @@ LAST_SENDS = 5
 def next_digest_time(now):
     """When the scheduler fires next (DIGEST_SCHEDULE in TIMEZONE), or None for a bad schedule."""
     try:
+        from .. import scheduler  # APScheduler: imported by the pages that show the next run only
+
         trigger = scheduler.digest_trigger(current_app)
     except ValueError:
         return None

@@ -8,7 +8,7 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from .. import audit, delivery, digests, scheduler
+from .. import audit, delivery, digests
 from ..mail import MailError
 from ..models import utcnow
 from . import bp
@@ -32,6 +32,8 @@ def _language(value: str | None) -> str:
 def _next_run():
     """The next scheduled digest run (aware datetime), or None if the schedule is broken."""
     try:
+        from .. import scheduler  # APScheduler: imported by the pages that show the next run only
+
         trigger = scheduler.digest_trigger(current_app)
         return trigger.get_next_fire_time(None, utcnow())
     except ValueError:
