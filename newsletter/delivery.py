@@ -57,6 +57,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,6 +96,8 @@ PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
 RATE_WINDOW_SECONDS = 10
 _HOST = HOST
 WORKER_PAUSED = 3  # a send worker's exit status when it paused the send for an error storm
+# At most this long the first message of a send has the machine to itself (see send_digest).
+FIRST_MESSAGE_HEAD_START = 2.0
 
 
 class SendStopped(SystemExit):  # noqa: N818  (an exit, like SystemExit)
@@ -464,20 +467,28 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
     db.session.commit()
     stop = sender.stop
     with _signals_stop(stop) as workers:
-        # Started from this thread, which outlives them (PR_SET_PDEATHSIG follows the thread).
-        workers.extend(_start_worker() for _ in shares[1:])
+        sending = threading.Thread(target=sender.run, name=f"send-{digest_id}", daemon=True)
+        sending.start()
+        # The first message goes out before anything else competes for the cores: the rest of
+        # the pinning (the database's work), the workers' start and their variants (the GIL).
+        deadline = time.monotonic() + FIRST_MESSAGE_HEAD_START
+        while not sender.first_reply.wait(0.05) and sending.is_alive() and time.monotonic() < deadline:
+            pass
         helpers = []
-        if workers:  # they get their job once the variants are rendered, while we send
+        if pinning:
+            helpers.append(threading.Thread(target=_pin_rest_in_thread, args=(app, digest_id),
+                                            name=f"send-{digest_id}-pin", daemon=True))
+        if len(shares) > 1 and sending.is_alive():
+            # Started from this thread, which outlives them (PR_SET_PDEATHSIG follows the thread).
+            workers.extend(_start_worker() for _ in shares[1:])
             helpers.append(threading.Thread(
                 target=_hand_out_jobs, args=(app, sender, workers, [_send_job(
                     digest_id, settings, share, rate) for share in shares[1:]]),
                 name=f"send-{digest_id}-workers", daemon=True))
-        if pinning:
-            helpers.append(threading.Thread(target=_pin_rest_in_thread, args=(app, digest_id),
-                                            name=f"send-{digest_id}-pin", daemon=True))
         for helper in helpers:
             helper.start()
-        sender.run()
+        while sending.is_alive():
+            sending.join(0.5)
         for helper in helpers:
             helper.join()
         for worker in workers:
@@ -538,9 +549,6 @@ def worker_jobs(renderer, jobs: list[SendJob]) -> list:
 def _hand_out_jobs(app: Flask, sender: Sender, workers: list[subprocess.Popen], jobs: list[SendJob]) -> None:
     """Give each worker its job once the variants are rendered (or, should that fail,
     nothing: they exit and this process sends on alone)."""
-    # Not before this process's first message is out: rendering the variants holds the GIL,
-    # and the first message should not wait for it.
-    sender.first_reply.wait(2)
     payload = None
     try:
         with app.app_context():
