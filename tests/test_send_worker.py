@@ -70,3 +70,77 @@ def test_a_worker_leaves_a_variant_it_was_not_given_to_the_app_process(make_app,
         assert ledger(digest_id) == {"sent": 30}
     counts = handler.counts()
     assert len(counts) == 30 and max(counts.values()) == 1
+
+
+def test_a_send_worker_dkim_signs_its_messages(make_app, smtp_server, tmp_path):
+    import dkim
+    from bounces_helpers import dkim_dns_record, rsa_key
+
+    key = rsa_key(tmp_path / "dkim.pem")
+    record = dkim_dns_record(key)
+    app = make_app(MAIL_URL=smtp_server.url, SEND_CONNECTIONS=2, SEND_INFLIGHT=5, SEND_BATCH_SIZE=20,
+                   DKIM_SELECTOR="nl2026", DKIM_PRIVATE_KEY=str(key))
+    domain = app.config["MAIL_FROM"].rpartition("@")[2].rstrip(">")
+    handler = fault_server(smtp_server)
+    with app.app_context():
+        digest_id = seed(120)
+        assert delivery.send_digest(digest_id, processes=2)["sent"] == 120
+    assert len(_message_id_salts(handler)) == 2
+    with handler.lock:
+        contents = [content for _, _, content in handler.messages]
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name == f"nl2026._domainkey.{domain}.".encode() else None
+
+    assert len(contents) == 120 and all(dkim.verify(content, dnsfunc=dnsfunc) for content in contents)
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The send workers this process started (from /proc: their parent and command line)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmd:
+                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+                command = cmd.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"newsletter.send_worker" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_a_worker_killed_mid_send_is_taken_over_by_the_app_process(make_app, smtp_server):
+    import os
+    import signal
+
+    from delivery_helpers import wait_for
+
+    inflight, worker_connections = 10, 2
+    app = make_app(MAIL_URL=smtp_server.url, SEND_CONNECTIONS=4, SEND_INFLIGHT=inflight, SEND_BATCH_SIZE=100,
+                   SEND_POLL_SECONDS=0.1)
+    handler = fault_server(smtp_server)
+    handler.delay = 0.003
+    n = 2000
+    with app.app_context():
+        digest_id = seed(n)
+    result: dict = {}
+
+    def send() -> None:
+        with app.app_context():
+            result.update(delivery.send_digest(digest_id, processes=2))
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    assert wait_for(lambda: len(_message_id_salts(handler)) == 2, 30)  # the worker sends too
+    (worker,) = _workers_of(os.getpid())
+    os.kill(worker, signal.SIGKILL)
+    sending.join(120)
+    assert result["status"] == "done" and result["sent"] == n
+    counts = handler.counts()
+    assert len(counts) == n  # nobody lost with the worker
+    assert sum(counts.values()) - n <= inflight * worker_connections  # at most its messages in flight
