@@ -18,7 +18,7 @@ from email.utils import parseaddr
 from sqlalchemy import select
 
 from .extensions import db
-from .models import Subscriber
+from .models import Delivery, Subscriber
 from .subscriptions import InvalidInput, normalise_email, record_event
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,23 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
         log.info("subscriber %s %s (was %s)", subscriber.id, subscriber.status, previous)
     elif previous == "unsubscribed" and kind == "bounce":
         record_event(subscriber, kind, source=source, detail=detail)  # status kept, fact recorded
+    if kind == "bounce" and permanent:
+        _bounce_last_delivery(subscriber, detail)
     if commit:
         db.session.commit()
     return subscriber
+
+
+def _bounce_last_delivery(subscriber: Subscriber, detail: dict) -> None:
+    """A bounce that came back after the message left belongs to the subscriber's latest
+    delivery: it counts as bounced in that send's figures, not as sent. A repeated report
+    finds it bounced already and changes nothing (nor an older send's row)."""
+    latest = db.session.execute(
+        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    if latest is not None and latest.state == "sent":
+        latest.state = "bounced"
+        latest.last_reply = str(detail.get("reason") or "bounce reported after delivery")[:500]
 
 
 def record_reports(reports: list[BounceReport], *, source: str = "webhook") -> dict[str, int]:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from newsletter import articles, bounces, delivery, digests
 from newsletter.extensions import db
 from newsletter.hooks import sns
-from newsletter.models import ConsentEvent, Subscriber
+from newsletter.models import ConsentEvent, Delivery, Subscriber
 from newsletter.topics import ensure_topics
 
 SECRET = "s3cret-Ω-webhook-0123456789abcdef"
@@ -388,3 +388,31 @@ def test_bounced_and_complained_subscribers_get_no_later_digest(make_app, smtp_s
         assert counts["sent"] == 2
     received = sorted(rcpt for _, rcpts, _ in smtp_server.handler.messages for rcpt in rcpts)
     assert received == ["soft@example.se", "stays@example.se"]
+
+
+def test_a_bounce_reported_after_a_send_counts_in_that_send(make_app, smtp_server):
+    """The webhook's permanent bounce turns the subscriber's latest delivery from sent into
+    bounced (the send's figures); a soft bounce, a complaint or a repeat changes no delivery."""
+    app = make_app(MAIL_URL=smtp_server.url, BOUNCE_WEBHOOK_SECRET=SECRET)
+    now = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+    with app.app_context():
+        ensure_topics()
+        people("stays@example.se", "bounces@example.se", "complains@example.se", "soft@example.se")
+        articles.add_article(title="Nytt bibliotek öppnar", url="https://norrsken.example/bibliotek",
+                             topic_slug="nyheter", published=now - timedelta(days=1), now=now)
+        digest_id = digests.compile_digest(now).id
+        assert delivery.send_digest(digest_id)["sent"] == 4
+    report = [{"email": "bounces@example.se", "type": "bounce", "permanent": True,
+               "reason": "550 5.1.1 gone"},
+              {"email": "complains@example.se", "type": "complaint"},
+              {"email": "soft@example.se", "type": "bounce", "permanent": False}]
+    for _ in range(2):  # providers retry: the same report again changes nothing
+        assert app.test_client().post(f"/hooks/bounces/{SECRET}", json=report).status_code == 200
+        with app.app_context():
+            progress = delivery.send_progress(digest_id)
+            assert (progress["sent"], progress["bounced"]) == (3, 1)
+            rows = db.session.execute(select(Subscriber.email, Delivery.state, Delivery.last_reply).join(
+                Delivery, Delivery.subscriber_id == Subscriber.id)).all()
+            assert {(email, state) for email, state, _ in rows if state != "sent"} == {
+                ("bounces@example.se", "bounced")}
+            assert [reply for email, _, reply in rows if email == "bounces@example.se"] == ["550 5.1.1 gone"]
