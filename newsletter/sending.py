@@ -13,6 +13,7 @@ The rules of the ledger (claims, the in-flight bound, replies) are described in
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -68,8 +69,6 @@ class SendSettings:
         connections = max(1, int(config["SEND_CONNECTIONS"]))
         processes = int(config.get("SEND_PROCESSES", 1))
         if processes <= 0:  # auto: one per CPU, for large sends only
-            import os
-
             processes = (os.cpu_count() or 1) if queued >= AUTO_PROCESSES_MIN else 1
         if single_process:
             processes = 1
