@@ -82,7 +82,7 @@ class Config:
     RATELIMIT_HEADERS_ENABLED: bool = True
     SEND_RATE: float = _float("SEND_RATE", 0)  # messages per second; 0 = unlimited
     SEND_CONNECTIONS: int = _int("SEND_CONNECTIONS", 4)
-    SEND_BATCH_SIZE: int = _int("SEND_BATCH_SIZE", 500)
+    SEND_BATCH_SIZE: int = _int("SEND_BATCH_SIZE", 500)  # ledger rows per Celery task
     SEND_MAX_ATTEMPTS: int = _int("SEND_MAX_ATTEMPTS", 5)
     SEND_MAX_ERROR_RATE: float = _float("SEND_MAX_ERROR_RATE", 0.2)
     SEND_WINDOW: str = _env("SEND_WINDOW")  # e.g. "07:00-21:00" in TIMEZONE; empty = any time

@@ -9,21 +9,21 @@ The ledger
     draft/approved/scheduled -> sending -> paused <-> sending, -> cancelled, -> done.
 
 Claims (what makes it exactly once)
-    A worker *reserves* a batch of due queued rows with one UPDATE that sets
-    `claimed_by` to a token naming the host, process and a random part (PostgreSQL picks
-    the rows with FOR UPDATE SKIP LOCKED, SQLite serialises writers). Reserved rows are
-    still "queued": nothing of them has been sent. Just before a connection sends the next
-    SEND_INFLIGHT of them, one UPDATE marks those "sending"; after them, one UPDATE (in the
-    same transaction as the next "sending" mark) records the results. So at any moment a
-    connection has at most SEND_INFLIGHT messages that may have gone out without the ledger
-    knowing: after a `kill -9` these are the only possible duplicates, and the bound is
+    Each connection claims its next chunk of SEND_INFLIGHT due queued rows with one UPDATE
+    that marks them "sending" and sets `claimed_by` to a token naming the host, process and
+    a random part (PostgreSQL picks the rows with FOR UPDATE SKIP LOCKED, SQLite serialises
+    writers), in the same transaction that records the results of the chunk it sent before.
+    So a row is written twice (sending, then its result), and at any moment a connection has
+    at most SEND_INFLIGHT messages that may have gone out without the ledger knowing: after a
+    `kill -9` these are the only possible duplicates, and the bound is
     SEND_INFLIGHT x SEND_CONNECTIONS. A clean stop (pause, cancel, SIGTERM, SIGINT) finishes
     the message being sent, records it and hands every unsent row back: no duplicates.
 
 Recovery
     Rows claimed by a process that is gone (same host: its pid is dead or is another
     process now; another host: no change for SEND_CLAIM_TIMEOUT seconds) are handed back:
-    "sending" ones are sent again (the in-flight bound), reserved ones simply become free.
+    "sending" ones are sent again (the in-flight bound; claimed "queued" rows, from older
+    versions, simply become free).
     This runs at every `send_digest` (so `digest send`, the scheduler's housekeeping, a
     Celery worker starting) and while a send waits for rows others hold.
 
@@ -434,7 +434,7 @@ def _renderer_factory(app: Flask, digest_id: int) -> MessageFactory:
 
 
 def send_digest(digest_id: int, message_for: MessageFactory | None = None,
-                batch_size: int | None = None, processes: int | None = None) -> dict:
+                processes: int | None = None) -> dict:
     """Send every open delivery of the digest; returns when it is done, paused or cancelled
     (or the process is told to stop: SendStopped). Resumes from the ledger.
     `processes` overrides SEND_PROCESSES (a background send in a web process uses 1)."""
@@ -457,8 +457,6 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
     workers_possible = message_for is None and app.config["MAIL_URL"].startswith(("smtp://", "smtps://",
                                                                                   "smtp+starttls://"))
     settings = SendSettings.from_config(app.config, queued, single_process=not workers_possible)
-    if batch_size:
-        settings.batch_size = batch_size
     if processes is not None and workers_possible:
         settings.processes = max(1, min(processes, settings.connections))
     shares = _split(settings.connections, settings.processes)

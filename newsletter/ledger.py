@@ -124,9 +124,11 @@ class Results:
     failed: list[tuple[int, int, str]] = field(default_factory=list)
     bounced: list[tuple[int, int, str, Recipient]] = field(default_factory=list)
     handed_on: list[int] = field(default_factory=list)  # not for this process (sending.NotHere)
+    untried: list[int] = field(default_factory=list)  # claimed, but not sent (a stop, a pause)
 
     def __bool__(self) -> bool:
-        return bool(self.sent or self.skipped or self.retry or self.failed or self.bounced)
+        return bool(self.sent or self.skipped or self.retry or self.failed or self.bounced
+                    or self.handed_on or self.untried)
 
 
 @dataclass(frozen=True)
@@ -220,56 +222,69 @@ class Ledger:
     # claims
 
     def claim(self, conn, digest_id: int, token: str, *, after: int, size: int, now: datetime,
-              id_range: tuple[int, int] | None = None, exclude: Iterable[int] = ()) -> list[Item]:
-        """Reserve up to `size` due rows with ids above `after` for `token`, and load them.
+              id_range: tuple[int, int] | None = None, exclude: Iterable[int] = (),
+              done: Results | None = None, backoff: Callable[[int], timedelta] | None = None) -> list[Item]:
+        """Record `done` (the results of the chunk sent before, if any), then take up to `size`
+        due rows with ids above `after` as "sending" for `token`, and load them: one transaction.
 
-        PostgreSQL picks the rows with a locking CTE (FOR UPDATE SKIP LOCKED, run once; as a
-        plain IN (subquery) the planner may run the locking subquery again for every row);
-        SQLite serialises writers, and the WHERE is repeated in the UPDATE so that a row
-        someone else took meanwhile is left alone. RETURNING gives the ids claimed.
+        So a message's row is written twice (sending, then its result), and a connection has
+        at most one chunk in flight that the ledger does not know the outcome of. PostgreSQL
+        picks the rows with a locking CTE (FOR UPDATE SKIP LOCKED, run once; as a plain
+        IN (subquery) the planner may run the locking subquery again for every row); SQLite
+        serialises writers, and the UPDATE checks again that each row is free. RETURNING
+        gives the ids claimed.
         """
         due, params = self._due(digest_id, now, after, id_range, set(exclude))
         if self.postgresql:
             sql = (f"WITH chosen AS (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?"
                    " FOR UPDATE SKIP LOCKED)"
-                   " UPDATE delivery SET claimed_by = ?, updated_at = ? FROM chosen"
+                   " UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? FROM chosen"
                    " WHERE delivery.id = chosen.id RETURNING delivery.id")
             args = [*params, size, token, self._time(now)]
         else:
-            sql = (f"UPDATE delivery SET claimed_by = ?, updated_at = ? WHERE id IN"
-                   f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?) AND {due} RETURNING id")
-            args = [token, self._time(now), *params, size, *params]
+            # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
+            # the (digest_id, state, id) index over every queued row, not by the ids chosen.
+            sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"
+                   f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?)"
+                   " AND state = 'queued' AND claimed_by IS NULL RETURNING id")
+            args = [token, self._time(now), *params, size]
 
-        def reserve(cursor) -> list[int]:
+        def work(cursor) -> list[Item]:
+            self._fast_commit(cursor)
+            if done is not None:
+                self._write(cursor, digest_id, done, backoff)
             cursor.execute(self._sql(sql), args)
-            return [row[0] for row in cursor.fetchall()]
+            taken = [row[0] for row in cursor.fetchall()]
+            return self._load(cursor, taken, token) if taken else []
 
-        taken = self._run(conn, reserve)
-        return self._load(conn, taken, token) if taken else []
+        return self._run(conn, work)
 
-    def _load(self, conn, taken: list[int], token: str) -> list[Item]:
+    def _fast_commit(self, cursor) -> None:
+        if self.postgresql:
+            # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
+            # A crash of the sender loses nothing; only a crash of the database server could
+            # forget the last moments (then those messages would be sent again).
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+    def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
-
-        def load(cursor) -> list[Item]:
-            cursor.execute(self._sql(
-                "SELECT d.id, d.attempts, s.id, s.uid, s.email, s.language, s.status"
-                " FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
-                f" WHERE {ids} AND d.claimed_by = ? AND d.state = 'queued' ORDER BY d.id"),
-                [*id_params, token])
-            rows = cursor.fetchall()
-            if not rows:
-                return []
-            topics: dict[int, list[int]] = {}
-            who, who_params = self._in("subscriber_id", sorted({row[2] for row in rows}))
-            cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),
-                           who_params)
-            for subscriber_id, topic_id in cursor.fetchall():
-                topics.setdefault(subscriber_id, []).append(topic_id)
-            return [Item(row[0], row[1], Recipient(row[2], row[3], row[4], row[5] or "", row[6],
-                                                   tuple(sorted(topics.get(row[2], ())))))
-                    for row in rows]
-
-        return self._run(conn, load)
+        cursor.execute(self._sql(
+            "SELECT d.id, d.attempts, s.id, s.uid, s.email, s.language, s.status"
+            " FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
+            f" WHERE {ids} AND d.claimed_by = ? AND d.state = 'sending' ORDER BY d.id"),
+            [*id_params, token])
+        rows = cursor.fetchall()
+        if not rows:
+            return []
+        topics: dict[int, list[int]] = {}
+        who, who_params = self._in("subscriber_id", sorted({row[2] for row in rows}))
+        cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),
+                       who_params)
+        for subscriber_id, topic_id in cursor.fetchall():
+            topics.setdefault(subscriber_id, []).append(topic_id)
+        return [Item(row[0], row[1], Recipient(row[2], row[3], row[4], row[5] or "", row[6],
+                                               tuple(sorted(topics.get(row[2], ())))))
+                for row in rows]
 
     def release_claim(self, conn, digest_id: int, token: str) -> None:
         """Hand back every open row of the claim, as a crash would."""
@@ -280,42 +295,43 @@ class Ledger:
 
     # results
 
-    def record(self, conn, digest_id: int, results: Results, *, sending: Sequence[int] = (),
-               release: Sequence[int] = (), backoff: Callable[[int], timedelta]) -> None:
-        """One transaction: the results so far, then the next rows in flight (or the release)."""
+    def record(self, conn, digest_id: int, results: Results, *, backoff: Callable[[int], timedelta]) -> None:
+        """The results of a chunk, in a transaction of their own (a sender that stops)."""
+        def work(cursor) -> None:
+            self._fast_commit(cursor)
+            self._write(cursor, digest_id, results, backoff)
+
+        self._run(conn, work)
+
+    def _write(self, cursor, digest_id: int, results: Results,
+               backoff: Callable[[int], timedelta] | None) -> None:
         now = self._time(utcnow())
         moment = utcnow()
 
-        def write(cursor) -> None:
-            def each(ids: Sequence[int], assignments: str, params: Sequence = ()) -> None:
-                if ids:
-                    clause, values = self._in("id", ids)
-                    cursor.execute(self._sql(f"UPDATE delivery SET {assignments} WHERE {clause}"),
-                                   [*params, *values])
+        def each(ids: Sequence[int], assignments: str, params: Sequence = ()) -> None:
+            if ids:
+                clause, values = self._in("id", ids)
+                cursor.execute(self._sql(f"UPDATE delivery SET {assignments} WHERE {clause}"),
+                               [*params, *values])
 
-            if self.postgresql:
-                # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
-                # A crash of the sender loses nothing; only a crash of the database server
-                # could forget the last moments (then those messages would be sent again).
-                cursor.execute("SET LOCAL synchronous_commit = off")
-            each(results.sent, "state = 'sent', sent_at = ?, attempts = attempts + 1, claimed_by = NULL,"
-                 " last_reply = '250', updated_at = ?", [now, now])
-            each(results.skipped, "state = 'skipped', claimed_by = NULL, updated_at = ?", [now])
-            for delivery_id, attempts, reply in results.retry:
-                each([delivery_id], "state = 'queued', claimed_by = NULL, attempts = ?, last_reply = ?,"
-                     " next_attempt_at = ?, updated_at = ?",
-                     [attempts, reply, self._time(moment + backoff(attempts)), now])
-            for delivery_id, attempts, reply in results.failed:
-                each([delivery_id], "state = 'failed', claimed_by = NULL, attempts = ?, last_reply = ?,"
-                     " updated_at = ?", [attempts, reply, now])
-            for delivery_id, attempts, reply, recipient in results.bounced:
-                each([delivery_id], "state = 'bounced', claimed_by = NULL, attempts = ?, last_reply = ?,"
-                     " updated_at = ?", [attempts, reply, now])
-                self._mark_bounced(cursor, recipient, reply, digest_id, now)
-            each(sending, "state = 'sending', updated_at = ?", [now])
-            each(release, "state = 'queued', claimed_by = NULL, updated_at = ?", [now])
-
-        self._run(conn, write)
+        each(results.sent, "state = 'sent', sent_at = ?, attempts = attempts + 1, claimed_by = NULL,"
+             " last_reply = '250', updated_at = ?", [now, now])
+        each(results.skipped, "state = 'skipped', claimed_by = NULL, updated_at = ?", [now])
+        for delivery_id, attempts, reply in results.retry:
+            assert backoff is not None, "a retry needs the back-off"
+            each([delivery_id], "state = 'queued', claimed_by = NULL, attempts = ?, last_reply = ?,"
+                 " next_attempt_at = ?, updated_at = ?",
+                 [attempts, reply, self._time(moment + backoff(attempts)), now])
+        for delivery_id, attempts, reply in results.failed:
+            each([delivery_id], "state = 'failed', claimed_by = NULL, attempts = ?, last_reply = ?,"
+                 " updated_at = ?", [attempts, reply, now])
+        for delivery_id, attempts, reply, recipient in results.bounced:
+            each([delivery_id], "state = 'bounced', claimed_by = NULL, attempts = ?, last_reply = ?,"
+                 " updated_at = ?", [attempts, reply, now])
+            self._mark_bounced(cursor, recipient, reply, digest_id, now)
+        # Not tried (a stop, a pause) or not for this process: back to the queue, never sent.
+        each(results.untried + results.handed_on, "state = 'queued', claimed_by = NULL, updated_at = ?",
+             [now])
 
     def _mark_bounced(self, cursor, recipient: Recipient, reply: str, digest_id: int, now) -> None:
         """A 5xx: the address is bounced for good, with a consent-ledger event."""

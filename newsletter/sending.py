@@ -53,7 +53,6 @@ class SendSettings:
     connections: int
     processes: int
     rate: float
-    batch_size: int
     inflight: int
     max_attempts: int
     retry_seconds: float
@@ -77,7 +76,6 @@ class SendSettings:
             connections=connections,
             processes=processes,
             rate=float(config["SEND_RATE"] or 0),
-            batch_size=max(1, int(config["SEND_BATCH_SIZE"])),
             inflight=max(1, int(config["SEND_INFLIGHT"])),
             max_attempts=max(1, int(config["SEND_MAX_ATTEMPTS"])),
             retry_seconds=float(config["SEND_RETRY_SECONDS"]),
@@ -267,15 +265,16 @@ class Sender:
     def _connection(self, number: int) -> None:
         transport = self.new_transport()
         failures = 0
+        token = claim_token()  # this connection's claims, until an error hands them back
+        done: Results | None = None  # sent, not in the ledger yet: it goes in with the next claim
         try:
             while not self.should_stop():
-                token = claim_token()
                 try:
                     if not self._wait_for_window():
                         break
-                    items = self._reserve(token)
+                    items, done = self._reserve(token, done), None
                     if items:
-                        self._send_batch(transport, items)
+                        done = self._send_chunk(transport, items)
                     elif not self._nothing_due():
                         break
                     failures = 0
@@ -284,13 +283,19 @@ class Sender:
                     log.exception("sender %s of digest %s failed (%d in a row)", number,
                                   self.digest_id, failures)
                     self._close_db()
-                    self._release_token(token)
+                    self._release_token(token)  # the chunk in flight may have gone out: the bound
+                    token, done = claim_token(), None
                     if failures >= 5:  # give up, like a crash: the next run resumes
                         log.error("digest %s: too many errors, this sender stops", self.digest_id)
                         self.halt.set()
                         break
                     self.halt.wait(self.settings.poll_seconds * 2 ** failures)
         finally:
+            try:
+                if done is not None:
+                    self._record(done)  # a stop: what went out, and the rest handed back
+            except Exception:  # noqa: BLE001  (no database: the claim is recovered later)
+                log.exception("could not record the last results of digest %s", self.digest_id)
             transport.close()
             self._close_db()
 
@@ -328,8 +333,8 @@ class Sender:
             self.halt.wait(min(wait, self.settings.poll_seconds * 5))
         return False
 
-    def _reserve(self, token: str) -> list[Item]:
-        """Claim a batch of due rows (still "queued": reserved, not in flight) and load them.
+    def _reserve(self, token: str, done: Results | None) -> list[Item]:
+        """Record `done`, and claim the next chunk (SEND_INFLIGHT due rows, now "sending").
 
         The search starts after the last id this process claimed: on PostgreSQL the index
         keeps the dead versions of every row updated since the last vacuum, and a search
@@ -338,18 +343,21 @@ class Sender:
         handed back or waiting for a retry.
         """
         after = self._cursor
-        items = self._claim(token, after)
+        items = self._claim(token, after, done)
         if not items and after:
             self._cursor = 0
-            items = self._claim(token, 0)
+            items = self._claim(token, 0, None)
         if items:
             self._cursor = max(self._cursor, items[-1].delivery_id)
         return items
 
-    def _claim(self, token: str, after: int) -> list[Item]:
-        size = max(self.settings.inflight, self.settings.batch_size // self.connections)
-        return self.ledger.claim(self._db(), self.digest_id, token, after=after, size=size, now=utcnow(),
-                                 id_range=self.id_range, exclude=self.not_here)
+    def _claim(self, token: str, after: int, done: Results | None) -> list[Item]:
+        items = self.ledger.claim(self._db(), self.digest_id, token, after=after, size=self.settings.inflight,
+                                  now=utcnow(), id_range=self.id_range, exclude=self.not_here, done=done,
+                                  backoff=self.settings.backoff)
+        if done is not None:
+            self._count(done)
+        return items
 
     def _nothing_due(self) -> bool:
         """Nothing to reserve now. Finish the digest, wait for retries or for other senders;
@@ -377,23 +385,10 @@ class Sender:
         self.halt.wait(min(max(wait, 0.05), self.settings.poll_seconds))
         return True
 
-    def _send_batch(self, transport: Transport, items: list[Item]) -> None:
-        inflight = self.settings.inflight
+    def _send_chunk(self, transport: Transport, chunk: list[Item]) -> Results:
+        """Send the chunk as one stream over the connection; its results, with the rows not
+        tried (a stop, a pause, or the rate limit's wait) as `untried`."""
         results = Results()
-        done = 0
-        try:
-            while done < len(items) and not self.should_stop():
-                chunk = items[done:done + inflight]
-                self._record(results, sending=[item.delivery_id for item in chunk])
-                results = Results()
-                done += self._send_chunk(transport, chunk, results)
-        finally:
-            # Record what was sent, and hand back every row not tried (never sent: no duplicate).
-            self._record(results, release=[item.delivery_id for item in items[done:]])
-
-    def _send_chunk(self, transport: Transport, chunk: list[Item], results: Results) -> int:
-        """Send the chunk as one stream over the connection; returns how many rows were
-        tried (the rest were not touched: a stop, a pause, or the rate limit's wait)."""
         tried = 0
         unanswered: dict[int, Item] = {}  # handed to the transport, no outcome yet
 
@@ -422,7 +417,8 @@ class Sender:
             transport.close()
             for item in unanswered.values():
                 self._outcome(item, MailError(f"error: {exc}"), results)  # no code: retried
-        return tried
+        results.untried = [item.delivery_id for item in chunk[tried:]]
+        return results
 
     def _encode(self, transport: Transport, item: Item, results: Results) -> bytes | None:
         """The recipient's message as the transport sends it, or None (skipped or failed)."""
@@ -480,14 +476,11 @@ class Sender:
                 self.hooks.paused_for_errors()
             self.halt.set()
 
-    def _record(self, results: Results, *, sending: list[int] | None = None,
-                release: list[int] | None = None) -> None:
-        """One transaction: the results so far, then the next rows in flight (or the release)."""
-        sending, release = sending or [], release or []
-        release = release + results.handed_on
-        if not (results or sending or release):
-            return
-        self.ledger.record(self._db(), self.digest_id, results, sending=sending, release=release,
-                           backoff=self.settings.backoff)
+    def _record(self, results: Results) -> None:
+        if results:
+            self.ledger.record(self._db(), self.digest_id, results, backoff=self.settings.backoff)
+            self._count(results)
+
+    def _count(self, results: Results) -> None:
         for name in self.stats:
             self.stats[name] += len(getattr(results, name))

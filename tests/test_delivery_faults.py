@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -265,12 +266,12 @@ def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_
 
     fault_server(smtp_server)
     real = mail.SMTPTransport.send_many
-    calls = {"n": 0}
+    calls = itertools.count(1)  # numbers the streams, also when several connections start at once
 
     def buggy(self, sender, messages, **kwargs):
-        calls["n"] += 1
+        call = next(calls)
         for n, outcome in enumerate(real(self, sender, messages, **kwargs)):
-            if calls["n"] == 2 and n == 3:
+            if call == 2 and n == 3:
                 raise RuntimeError("transport bug")
             yield outcome
 

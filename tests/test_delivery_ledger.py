@@ -28,7 +28,8 @@ def test_send_reaches_each_confirmed_subscriber_once_and_bounces_5xx(smtp_app, s
     smtp_server.handler.faults = lambda rcpt: "550 5.1.1 unknown" if rcpt == "person3@example.se" else None
     with smtp_app.app_context():
         digest_id = _seed(10)
-        counts = delivery.send_digest(digest_id, message_for=_factory(), batch_size=4)
+        smtp_app.config["SEND_INFLIGHT"] = 4  # several chunks
+        counts = delivery.send_digest(digest_id, message_for=_factory())
         assert counts["sent"] == 9 and counts["bounced"] == 1 and counts["total"] == 10
         again = delivery.send_digest(digest_id, message_for=_factory())  # a rerun sends nothing more
         assert again["sent"] == 9
@@ -134,7 +135,8 @@ def test_a_big_list_is_pinned_in_chunks_while_the_first_ones_go_out(smtp_app, sm
     monkeypatch.setattr(delivery, "PIN_CHUNK", 50)
     with smtp_app.app_context():
         digest_id = _seed(300)
-        counts = delivery.send_digest(digest_id, message_for=_factory(), batch_size=10)
+        smtp_app.config["SEND_INFLIGHT"] = 10
+        counts = delivery.send_digest(digest_id, message_for=_factory())
         assert counts["sent"] == 300 and counts["total"] == 300
         digest = db.session.get(Digest, digest_id)
         assert digest.status == "done" and digest.recipient_count == 300
