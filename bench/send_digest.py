@@ -860,6 +860,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (SQLite database, logs)")
     args = parser.parse_args()
     sizes = [int(x.replace("_", "")) for x in args.n.split(",")]
+    # Bytecode for every module, as a deployed service has after its first start: otherwise the
+    # first send after a change of the code also pays for compiling it (0.3-0.6 s).
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "newsletter"), quiet=1)
 
     kind = args.sink
     if kind in ("auto", "postfix"):
