@@ -478,7 +478,10 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
                                             name=f"send-{digest_id}-pin", daemon=True))
         if len(shares) > 1 and sending.is_alive():
             # Started from this thread, which outlives them (PR_SET_PDEATHSIG follows the thread).
-            workers.extend(_start_worker() for _ in shares[1:])
+            try:
+                workers.extend(_start_worker() for _ in shares[1:])
+            except OSError:  # no process to be had: this one sends on alone (and its workers, if any)
+                log.exception("could not start the send workers of digest %s", digest_id)
             helpers.append(threading.Thread(
                 target=_hand_out_jobs, args=(app, sender, workers, [_send_job(
                     digest_id, settings, share, rate) for share in shares[1:]]),

@@ -70,8 +70,19 @@ def claim_token() -> str:
     return f"{process_owner()}:{secrets.token_hex(4)}"
 
 
+# Claims this process gave up on (its database was away when a sender stopped): its pid is
+# alive, but nobody here will settle them, so they count as a dead sender's.
+_abandoned: set[str] = set()
+
+
+def abandon(token: str) -> None:
+    _abandoned.add(token)
+
+
 def owner_alive(token: str) -> bool | None:
     """True/False for a claim of a process on this host; None when it is another host's."""
+    if token in _abandoned:
+        return False
     host, _, rest = token.partition(":")
     pid_text, _, rest = rest.partition(":")
     start = rest.partition(":")[0]
@@ -252,7 +263,7 @@ class Ledger:
         def work(cursor) -> list[Item]:
             self._fast_commit(cursor)
             if done is not None:
-                self._write(cursor, digest_id, done, backoff)
+                self._write(cursor, digest_id, done, token, backoff)
             cursor.execute(self._sql(sql), args)
             taken = [row[0] for row in cursor.fetchall()]
             return self._load(cursor, taken, token) if taken else []
@@ -295,24 +306,27 @@ class Ledger:
 
     # results
 
-    def record(self, conn, digest_id: int, results: Results, *, backoff: Callable[[int], timedelta]) -> None:
+    def record(self, conn, digest_id: int, results: Results, token: str, *,
+               backoff: Callable[[int], timedelta]) -> None:
         """The results of a chunk, in a transaction of their own (a sender that stops)."""
         def work(cursor) -> None:
             self._fast_commit(cursor)
-            self._write(cursor, digest_id, results, backoff)
+            self._write(cursor, digest_id, results, token, backoff)
 
         self._run(conn, work)
 
-    def _write(self, cursor, digest_id: int, results: Results,
+    def _write(self, cursor, digest_id: int, results: Results, token: str,
                backoff: Callable[[int], timedelta] | None) -> None:
+        """The results, for the rows `token` still holds: a row taken back meanwhile (a claim
+        that looked dead) is another sender's now, and this write must not undo its work."""
         now = self._time(utcnow())
         moment = utcnow()
 
         def each(ids: Sequence[int], assignments: str, params: Sequence = ()) -> None:
             if ids:
                 clause, values = self._in("id", ids)
-                cursor.execute(self._sql(f"UPDATE delivery SET {assignments} WHERE {clause}"),
-                               [*params, *values])
+                cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"
+                                         f" WHERE {clause} AND claimed_by = ?"), [*params, *values, token])
 
         each(results.sent, "state = 'sent', sent_at = ?, attempts = attempts + 1, claimed_by = NULL,"
              " last_reply = '250', updated_at = ?", [now, now])
@@ -366,6 +380,16 @@ class Ledger:
                                      f" FROM delivery WHERE {sql}"), params)
             left, next_at, claimed = cursor.fetchone()
             return left, self._read_time(next_at), claimed
+
+        return self._run(conn, read)
+
+    def pinning_done(self, conn, digest_id: int) -> bool:
+        """Every recipient is pinned (`recipient_count` is set after the last chunk)."""
+        def read(cursor) -> bool:
+            cursor.execute(self._sql("SELECT (SELECT recipient_count FROM digest WHERE id = ?)"
+                                     " >= (SELECT count(*) FROM delivery WHERE digest_id = ?)"),
+                           [digest_id, digest_id])
+            return bool(cursor.fetchone()[0])
 
         return self._run(conn, read)
 

@@ -46,8 +46,25 @@ class WorkerJob:
 
 
 class _WorkerHooks(Hooks):
-    def __init__(self) -> None:
+    """A worker runs dry before the parent has pinned everybody: it waits for the pinning
+    instead of ending (the parent pins; recovery and finishing are the parent's too)."""
+
+    def __init__(self, ledger: Ledger, digest_id: int, poll_seconds: float, stop: threading.Event) -> None:
+        self.ledger = ledger
+        self.digest_id = digest_id
+        self.poll_seconds = poll_seconds
+        self.stop = stop
         self.paused = False
+
+    def pinning_done(self) -> bool:
+        conn = self.ledger.connect()
+        try:
+            return self.ledger.pinning_done(conn, self.digest_id)
+        finally:
+            conn.close()
+
+    def pin_rest(self) -> None:
+        self.stop.wait(self.poll_seconds)
 
     def paused_for_errors(self) -> None:
         self.paused = True
@@ -63,8 +80,8 @@ def _die_with_parent() -> None:
 
 def run(job: WorkerJob, stop: threading.Event) -> int:
     """Send the job's share of the digest; the exit status."""
-    hooks = _WorkerHooks()
     ledger = Ledger(job.database.dialect, job.database.connect)
+    hooks = _WorkerHooks(ledger, job.send.digest_id, job.send.settings.poll_seconds, stop)
     sender = Sender(ledger, job.send, prepared_variants(job.rule, job.variants),
                     lambda: SMTPTransport(job.mail_url), hooks, stop)
     sender.run()

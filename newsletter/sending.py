@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from .ledger import Item, Ledger, Recipient, Results, claim_token, utcnow
+from .ledger import Item, Ledger, Recipient, Results, abandon, claim_token, utcnow
 from .links import PersonalLinks
 from .prepared import PreparedMessage
 from .ratelimit import TokenBucket
@@ -267,9 +267,16 @@ class Sender:
         failures = 0
         token = claim_token()  # this connection's claims, until an error hands them back
         done: Results | None = None  # sent, not in the ledger yet: it goes in with the next claim
+        unsettled = False  # after an error: `done` and the token's other rows are still to be settled
         try:
             while not self.should_stop():
                 try:
+                    if unsettled:
+                        self._settle(token, done)
+                        token, done, unsettled = claim_token(), None, False
+                    if done is not None and not self._window_open():
+                        self._record(done, token)  # not held back while the window is closed
+                        done = None
                     if not self._wait_for_window():
                         break
                     items, done = self._reserve(token, done), None
@@ -283,8 +290,7 @@ class Sender:
                     log.exception("sender %s of digest %s failed (%d in a row)", number,
                                   self.digest_id, failures)
                     self._close_db()
-                    self._release_token(token)  # the chunk in flight may have gone out: the bound
-                    token, done = claim_token(), None
+                    unsettled = True  # settled first when the database answers again
                     if failures >= 5:  # give up, like a crash: the next run resumes
                         log.error("digest %s: too many errors, this sender stops", self.digest_id)
                         self.halt.set()
@@ -292,12 +298,25 @@ class Sender:
                     self.halt.wait(self.settings.poll_seconds * 2 ** failures)
         finally:
             try:
-                if done is not None:
-                    self._record(done)  # a stop: what went out, and the rest handed back
+                if unsettled:
+                    self._settle(token, done)
+                elif done is not None:
+                    self._record(done, token)  # a stop: what went out, and the rest handed back
             except Exception:  # noqa: BLE001  (no database: the claim is recovered later)
                 log.exception("could not record the last results of digest %s", self.digest_id)
+                abandon(token)  # this process lives on: without this its claim would look alive
             transport.close()
             self._close_db()
+
+    def _settle(self, token: str, done: Results | None) -> None:
+        """After an error: record what is known to have gone out, then hand back the rest of
+        the token's rows (the chunk in flight may have gone out: the in-flight bound)."""
+        if done is not None:
+            self._record(done, token)
+        self.ledger.release_claim(self._db(), self.digest_id, token)
+
+    def _window_open(self) -> bool:
+        return seconds_until_window(self.settings.window, utcnow(), self.settings.timezone) <= 0
 
     def _db(self):
         """This thread's database connection, kept for the whole send: taking one from a
@@ -314,15 +333,6 @@ class Sender:
                 conn.close()
             except Exception:  # noqa: BLE001  (a broken connection: it is dropped all the same)
                 log.debug("closing a broken connection", exc_info=True)
-
-    def _release_token(self, token: str) -> None:
-        """After an error: hand back this claim's rows, like a crash would (the ones in flight
-        may have gone out: the in-flight bound)."""
-        try:
-            self.ledger.release_claim(self._db(), self.digest_id, token)
-        except Exception:  # noqa: BLE001  (still no database: recovery does it later)
-            log.exception("could not hand back the claim %s", token)
-            self._close_db()
 
     def _wait_for_window(self) -> bool:
         while not self.should_stop():
@@ -476,9 +486,9 @@ class Sender:
                 self.hooks.paused_for_errors()
             self.halt.set()
 
-    def _record(self, results: Results) -> None:
+    def _record(self, results: Results, token: str) -> None:
         if results:
-            self.ledger.record(self._db(), self.digest_id, results, backoff=self.settings.backoff)
+            self.ledger.record(self._db(), self.digest_id, results, token, backoff=self.settings.backoff)
             self._count(results)
 
     def _count(self, results: Results) -> None:

@@ -286,3 +286,54 @@ def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_
     counts = smtp_server.handler.counts()
     assert set(counts) == {f"p{i}@example.se" for i in range(100)}
     assert sum(counts.values()) - 100 <= len(retried)  # only the ones in flight may repeat
+
+
+# --- database errors while sending -------------------------------------------------------------
+
+
+def _failing(monkeypatch, name: str, calls: set[int]):
+    """Make Ledger.<name> raise on the given calls (1-based, counted over all threads)."""
+    from newsletter.ledger import Ledger
+
+    real = getattr(Ledger, name)
+    counter = itertools.count(1)
+
+    def flaky(self, *args, **kwargs):
+        if next(counter) in calls:
+            raise RuntimeError(f"database away during {name}")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, name, flaky)
+
+
+def test_a_failed_claim_keeps_what_was_sent_and_sends_nobody_twice(make_app, smtp_server, monkeypatch):
+    """The results of a chunk go in with the next claim; when that claim fails (and the hand-back
+    after it too), they are written once the database answers: no copy is sent again."""
+    app = make_app(MAIL_URL=smtp_server.url, **{**FAST, "SEND_CONNECTIONS": 1})
+    handler = fault_server(smtp_server)
+    _failing(monkeypatch, "claim", {3, 4})
+    _failing(monkeypatch, "release_claim", {1})
+    with app.app_context():
+        digest_id = seed(60)
+        progress = delivery.send_digest(digest_id)
+        assert progress["status"] == "done" and progress["sent"] == 60
+        assert ledger(digest_id) == {"sent": 60}
+    counts = handler.counts()
+    assert len(counts) == 60 and max(counts.values()) == 1
+
+
+def test_a_claim_given_up_by_a_live_process_is_taken_back(app):
+    from sqlalchemy import update
+
+    from newsletter import ledger as send_ledger
+
+    with app.app_context():
+        digest_id = seed(3)
+        delivery.start_send(digest_id)
+        token = send_ledger.claim_token()
+        db.session.execute(update(Delivery).values(state="sending", claimed_by=token))
+        db.session.commit()
+        assert delivery.recover_stale(digest_id) == 0  # this process is alive: its claim too
+        send_ledger.abandon(token)
+        assert delivery.recover_stale(digest_id) == 3
+        assert ledger(digest_id) == {"queued": 3}
