@@ -367,20 +367,28 @@ def test_ses_raw_delivery_only_with_the_secret_and_bad_input_is_400(hook_app, ht
 # --- a bounced subscriber gets no later digest ---------------------------------------------------
 
 
-def test_bounced_and_complained_subscribers_get_no_later_digest(make_app, smtp_server):
+NOW_SENDING = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+REPORT = [  # a permanent bounce, a complaint and a soft bounce, as the generic webhook takes them
+    {"email": "bounces@example.se", "type": "bounce", "permanent": True, "reason": "550 5.1.1 gone"},
+    {"email": "complains@example.se", "type": "complaint"},
+    {"email": "soft@example.se", "type": "bounce", "permanent": False},
+]
+
+
+def _four_readers_and_an_article(make_app, smtp_server):
     app = make_app(MAIL_URL=smtp_server.url, BOUNCE_WEBHOOK_SECRET=SECRET)
-    now = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
     with app.app_context():
         ensure_topics()
         people("stays@example.se", "bounces@example.se", "complains@example.se", "soft@example.se")
         articles.add_article(title="Nytt bibliotek öppnar", url="https://norrsken.example/bibliotek",
-                             topic_slug="nyheter", published=now - timedelta(days=1), now=now)
-    response = app.test_client().post(f"/hooks/bounces/{SECRET}", json=[
-        {"email": "bounces@example.se", "type": "bounce", "permanent": True, "reason": "550"},
-        {"email": "complains@example.se", "type": "complaint"},
-        {"email": "soft@example.se", "type": "bounce", "permanent": False},
-    ])
-    assert response.status_code == 200
+                             topic_slug="nyheter", published=NOW_SENDING - timedelta(days=1), now=NOW_SENDING)
+    return app
+
+
+def test_bounced_and_complained_subscribers_get_no_later_digest(make_app, smtp_server):
+    app = _four_readers_and_an_article(make_app, smtp_server)
+    now = NOW_SENDING
+    assert app.test_client().post(f"/hooks/bounces/{SECRET}", json=REPORT).status_code == 200
     with app.app_context():
         digest = digests.compile_digest(now)
         assert digest is not None
@@ -393,21 +401,12 @@ def test_bounced_and_complained_subscribers_get_no_later_digest(make_app, smtp_s
 def test_a_bounce_reported_after_a_send_counts_in_that_send(make_app, smtp_server):
     """The webhook's permanent bounce turns the subscriber's latest delivery from sent into
     bounced (the send's figures); a soft bounce, a complaint or a repeat changes no delivery."""
-    app = make_app(MAIL_URL=smtp_server.url, BOUNCE_WEBHOOK_SECRET=SECRET)
-    now = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+    app = _four_readers_and_an_article(make_app, smtp_server)
     with app.app_context():
-        ensure_topics()
-        people("stays@example.se", "bounces@example.se", "complains@example.se", "soft@example.se")
-        articles.add_article(title="Nytt bibliotek öppnar", url="https://norrsken.example/bibliotek",
-                             topic_slug="nyheter", published=now - timedelta(days=1), now=now)
-        digest_id = digests.compile_digest(now).id
+        digest_id = digests.compile_digest(NOW_SENDING).id
         assert delivery.send_digest(digest_id)["sent"] == 4
-    report = [{"email": "bounces@example.se", "type": "bounce", "permanent": True,
-               "reason": "550 5.1.1 gone"},
-              {"email": "complains@example.se", "type": "complaint"},
-              {"email": "soft@example.se", "type": "bounce", "permanent": False}]
     for _ in range(2):  # providers retry: the same report again changes nothing
-        assert app.test_client().post(f"/hooks/bounces/{SECRET}", json=report).status_code == 200
+        assert app.test_client().post(f"/hooks/bounces/{SECRET}", json=REPORT).status_code == 200
         with app.app_context():
             progress = delivery.send_progress(digest_id)
             assert (progress["sent"], progress["bounced"]) == (3, 1)
