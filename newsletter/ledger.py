@@ -193,9 +193,11 @@ class Ledger:
         return value.astimezone(UTC).strftime(_SQLITE_TIME)
 
     def _read_time(self, value) -> datetime | None:
-        if value is None or isinstance(value, datetime):
-            return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite keeps the text the ORM wrote
+            value = datetime.fromisoformat(value)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def _run(self, conn, work: Callable[[Any], Any]):
         """`work(cursor)` in one transaction: committed, or rolled back on any error."""

@@ -133,13 +133,13 @@ class VariantRule:
         """The recipient's language and the ids of the topics they follow (empty: all topics);
         None when nothing in the digest is for them."""
         if not followed:  # no topics chosen means all topics
-            shown = frozenset(self.topic_ids)
+            shown = self.topic_ids
         else:
             shown = self.topic_ids.intersection(followed)
             if not shown:  # none of their topics has an article this time: they get nothing
                 return None
             # An article whose topic was deleted since goes to everyone.
-            shown = frozenset(shown | (self.topic_ids & {None}))
+            shown = shown | (self.topic_ids & {None})
         if not shown:
             return None
         return (language if language in self.languages else self.default_locale), shown
@@ -274,7 +274,7 @@ class Sender:
                     if unsettled:
                         self._settle(token, done)
                         token, done, unsettled = claim_token(), None, False
-                    if done is not None and not self._window_open():
+                    if done is not None and self._until_window() > 0:
                         self._record(done, token)  # not held back while the window is closed
                         done = None
                     if not self._wait_for_window():
@@ -315,8 +315,8 @@ class Sender:
             self._record(done, token)
         self.ledger.release_claim(self._db(), self.digest_id, token)
 
-    def _window_open(self) -> bool:
-        return seconds_until_window(self.settings.window, utcnow(), self.settings.timezone) <= 0
+    def _until_window(self) -> float:
+        return seconds_until_window(self.settings.window, utcnow(), self.settings.timezone)
 
     def _db(self):
         """This thread's database connection, kept for the whole send: taking one from a
@@ -336,7 +336,7 @@ class Sender:
 
     def _wait_for_window(self) -> bool:
         while not self.should_stop():
-            wait = seconds_until_window(self.settings.window, utcnow(), self.settings.timezone)
+            wait = self._until_window()
             if wait <= 0:
                 return True
             log.info("outside SEND_WINDOW: digest %s waits %.0f s", self.digest_id, wait)
@@ -454,7 +454,8 @@ class Sender:
             return None
 
     def _outcome(self, item: Item, error: MailError | None, results: Results) -> None:
-        self.first_reply.set()
+        if not self.first_reply.is_set():  # set() takes the event's lock: not once a message
+            self.first_reply.set()
         if error is None:
             results.sent.append(item.delivery_id)
             self._note(error=False)
