@@ -94,8 +94,6 @@ _tune_sqlite()
 
 PROGRESS_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
 RATE_WINDOW_SECONDS = 10
-_HOST = HOST
-WORKER_PAUSED = 3  # a send worker's exit status when it paused the send for an error storm
 # At most this long the first message of a send has the machine to itself (see send_digest).
 FIRST_MESSAGE_HEAD_START = 2.0
 
@@ -402,21 +400,21 @@ def _send_job(digest_id: int, settings: SendSettings, connections: int, rate: fl
                    links=personal_links(), rate=rate, id_range=id_range)
 
 
-def _sender(app: Flask, job: SendJob, message_for: MessageFactory | None,
-            stop: threading.Event | None = None) -> Sender:
-    """A sender in this process, with the digest's renderer unless a factory is given."""
-    if message_for is None:
-        message_for = _renderer_factory(app, job.digest_id)
+def _sender(app: Flask, job: SendJob, message_for: MessageFactory) -> Sender:
+    """A sender in this process."""
     mail_url = app.config["MAIL_URL"]
     return Sender(app_ledger(), job, message_for, lambda: transport_from_url(mail_url),
-                  AppHooks(app, job.digest_id), stop)
+                  AppHooks(app, job.digest_id))
 
 
-def _renderer_factory(app: Flask, digest_id: int) -> MessageFactory:
+def _renderer(digest_id: int):
+    from .digests import DigestRenderer  # the digest module renders each variant once
+
+    return DigestRenderer(db.session.get(Digest, digest_id))
+
+
+def _renderer_factory(app: Flask, renderer) -> MessageFactory:
     """Each variant rendered on first use (in an app context: templates, translations)."""
-    from .digests import DigestRenderer
-
-    renderer = DigestRenderer(db.session.get(Digest, digest_id))
     rule = renderer.rule
 
     def message_for(recipient):
@@ -429,7 +427,6 @@ def _renderer_factory(app: Flask, digest_id: int) -> MessageFactory:
                 message = renderer.message_for_variant(key)
         return message
 
-    message_for.renderer = renderer  # type: ignore[attr-defined]  (send workers get its variants)
     return message_for
 
 
@@ -461,7 +458,9 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
         settings.processes = max(1, min(processes, settings.connections))
     shares = _split(settings.connections, settings.processes)
     rate = settings.rate / settings.processes if settings.rate else 0
-    sender = _sender(app, _send_job(digest_id, settings, shares[0], rate), message_for)
+    renderer = _renderer(digest_id) if message_for is None else None
+    sender = _sender(app, _send_job(digest_id, settings, shares[0], rate),
+                     message_for or _renderer_factory(app, renderer))
     db.session.commit()
     stop = sender.stop
     with _signals_stop(stop) as workers:
@@ -482,10 +481,11 @@ def send_digest(digest_id: int, message_for: MessageFactory | None = None,
                 workers.extend(_start_worker() for _ in shares[1:])
             except OSError:  # no process to be had: this one sends on alone (and its workers, if any)
                 log.exception("could not start the send workers of digest %s", digest_id)
-            helpers.append(threading.Thread(
-                target=_hand_out_jobs, args=(app, sender, workers, [_send_job(
-                    digest_id, settings, share, rate) for share in shares[1:]]),
-                name=f"send-{digest_id}-workers", daemon=True))
+            if workers:
+                helpers.append(threading.Thread(
+                    target=_hand_out_jobs, args=(app, sender, renderer, workers, [_send_job(
+                        digest_id, settings, share, rate) for share in shares[1:]]),
+                    name=f"send-{digest_id}-workers", daemon=True))
         for helper in helpers:
             helper.start()
         while sending.is_alive():
@@ -547,13 +547,13 @@ def worker_jobs(renderer, jobs: list[SendJob]) -> list:
     return [WorkerJob(send=job, **common) for job in jobs]
 
 
-def _hand_out_jobs(app: Flask, sender: Sender, workers: list[subprocess.Popen], jobs: list[SendJob]) -> None:
-    """Give each worker its job once the variants are rendered (or, should that fail,
-    nothing: they exit and this process sends on alone)."""
+def _hand_out_jobs(app: Flask, sender: Sender, renderer, workers: list[subprocess.Popen],
+                   jobs: list[SendJob]) -> None:
+    """Give each worker its job once the variants are rendered, by the renderer this process
+    sends with (or, should that fail, nothing: they exit and this process sends on alone)."""
     payload = None
     try:
         with app.app_context():
-            renderer = sender.message_for.renderer  # type: ignore[attr-defined]
             payload = [pickle.dumps(job) for job in worker_jobs(renderer, jobs)]
             db.session.remove()
     except Exception:  # noqa: BLE001  (the send goes on in this process)
@@ -586,12 +586,14 @@ def _variants_in_use(rule) -> set:
 
 
 def _wait_for_worker(app: Flask, digest_id: int, worker: subprocess.Popen) -> None:
+    from . import send_worker
+
     status = worker.wait()
-    if status == WORKER_PAUSED:
+    if status == send_worker.PAUSED:
         with app.app_context():
             _report(digest_id, "error_storm")
             db.session.remove()
-    elif status not in (0, -signal.SIGTERM, -signal.SIGINT, 143):
+    elif status not in (0, -signal.SIGTERM, -signal.SIGINT, send_worker.STOPPED):
         log.warning("send worker %s of digest %s ended with status %s", worker.pid, digest_id, status)
 
 
@@ -634,7 +636,8 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
         return {"retry_after": None, "status": digest.status if digest else "missing"}
     settings = SendSettings.from_config(app.config)
     per_task = settings.rate / settings.connections if settings.rate else 0
-    sender = _sender(app, _send_job(digest_id, settings, 1, per_task, id_range=(first_id, last_id)), None)
+    sender = _sender(app, _send_job(digest_id, settings, 1, per_task, id_range=(first_id, last_id)),
+                     _renderer_factory(app, _renderer(digest_id)))
     db.session.commit()
     sender.run()
     return {"retry_after": sender.retry_after, "status": "sending", **sender.stats}

@@ -104,7 +104,7 @@ def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    host = delivery._HOST
+    host = delivery.HOST
     with app.app_context():
         digest_id = _seed(6)
         delivery.start_send(digest_id)
