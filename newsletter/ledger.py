@@ -142,6 +142,14 @@ class Results:
                     or self.handed_on or self.untried)
 
 
+# What a claim loads of a recipient, after the delivery's id and attempts (`_item` reads it).
+_RECIPIENT_COLUMNS = "s.id, s.uid, s.email, s.language, s.status"
+
+
+def _item(row: Sequence, topic_ids: Iterable[int]) -> Item:
+    return Item(row[0], row[1], Recipient(row[2], row[3], row[4], row[5] or "", row[6], tuple(topic_ids)))
+
+
 @dataclass(frozen=True)
 class Database:
     """How a process of its own connects: "sqlite" and a file path, or "postgresql" and a
@@ -199,13 +207,27 @@ class Ledger:
             value = datetime.fromisoformat(value)
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    def _run(self, conn, work: Callable[[Any], Any]):
-        """`work(cursor)` in one transaction: committed, or rolled back on any error."""
+    def _run(self, conn, work: Callable[[Any], Any], *, pipeline: bool = False,
+             read: Callable[[Any], Any] | None = None):
+        """`work(cursor)` in one transaction: committed, or rolled back on any error. With
+        `read`, the result is `read(cursor)` after the commit: the rows of work's last statement.
+
+        With `pipeline` on PostgreSQL, the statements and the COMMIT go out together (psycopg's
+        pipeline mode) and `read` gets their results: one round trip instead of one a
+        statement. Under load every round trip waits for the server's backend to be scheduled,
+        and the sender's SMTP connection stands idle meanwhile.
+        """
         cursor = conn.cursor()
         try:
-            result = work(cursor)
-            conn.commit()
-            return result
+            if pipeline and self.postgresql:
+                # SQLAlchemy's pool hands out a proxy; the pipeline is the driver's.
+                with getattr(conn, "driver_connection", conn).pipeline():
+                    result = work(cursor)
+                    conn.commit()
+            else:
+                result = work(cursor)
+                conn.commit()
+            return read(cursor) if read is not None else result
         except BaseException:
             try:
                 conn.rollback()
@@ -241,36 +263,55 @@ class Ledger:
         due rows with ids above `after` as "sending" for `token`, and load them: one transaction.
 
         So a message's row is written twice (sending, then its result), and a connection has
-        at most one chunk in flight that the ledger does not know the outcome of. PostgreSQL
-        picks the rows with a locking CTE (FOR UPDATE SKIP LOCKED, run once; as a plain
-        IN (subquery) the planner may run the locking subquery again for every row); SQLite
-        serialises writers, and the UPDATE checks again that each row is free. RETURNING
-        gives the ids claimed.
+        at most one chunk in flight that the ledger does not know the outcome of.
+
+        On PostgreSQL this is one statement after the results, and the whole transaction one
+        round trip (`_run`'s pipeline): a locking CTE picks the rows (FOR UPDATE SKIP LOCKED,
+        run once; as a plain IN (subquery) the planner may run it again for every row), the
+        UPDATE's RETURNING feeds the recipients' rows and topics. SQLite serialises writers,
+        and its UPDATE checks again that each row is free; RETURNING gives the ids claimed,
+        which are then loaded.
         """
         due, params = self._due(digest_id, now, after, id_range, set(exclude))
-        if self.postgresql:
-            sql = (f"WITH chosen AS (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?"
-                   " FOR UPDATE SKIP LOCKED)"
-                   " UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? FROM chosen"
-                   " WHERE delivery.id = chosen.id RETURNING delivery.id")
-            args = [*params, size, token, self._time(now)]
-        else:
-            # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
-            # the (digest_id, state, id) index over every queued row, not by the ids chosen.
-            sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"
-                   f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?)"
-                   " AND state = 'queued' AND claimed_by IS NULL RETURNING id")
-            args = [token, self._time(now), *params, size]
 
-        def work(cursor) -> list[Item]:
+        def record(cursor) -> None:
             self._fast_commit(cursor)
             if done is not None:
                 self._write(cursor, digest_id, done, token, backoff)
-            cursor.execute(self._sql(sql), args)
+
+        if self.postgresql:
+            sql = (f"WITH chosen AS (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?"
+                   " FOR UPDATE SKIP LOCKED),"
+                   " taken AS (UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ?"
+                   " FROM chosen WHERE delivery.id = chosen.id"
+                   " RETURNING delivery.id, delivery.attempts, delivery.subscriber_id)"
+                   f" SELECT t.id, t.attempts, {_RECIPIENT_COLUMNS},"
+                   " ARRAY(SELECT topic_id FROM subscriber_topic WHERE subscriber_id = s.id"
+                   " ORDER BY topic_id)"
+                   " FROM taken t JOIN subscriber s ON s.id = t.subscriber_id ORDER BY t.id")
+            args = [*params, size, token, now]
+
+            def claim(cursor) -> None:
+                record(cursor)
+                cursor.execute(self._sql(sql), args)
+
+            return self._run(conn, claim, pipeline=True,
+                             read=lambda cursor: [_item(row, row[7]) for row in cursor.fetchall()])
+
+        # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
+        # the (digest_id, state, id) index over every queued row, not by the ids chosen.
+        sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"
+               f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?)"
+               " AND state = 'queued' AND claimed_by IS NULL RETURNING id")
+        args = [token, self._time(now), *params, size]
+
+        def claim_and_load(cursor) -> list[Item]:
+            record(cursor)
+            cursor.execute(sql, args)
             taken = [row[0] for row in cursor.fetchall()]
             return self._load(cursor, taken, token) if taken else []
 
-        return self._run(conn, work)
+        return self._run(conn, claim_and_load)
 
     def _fast_commit(self, cursor) -> None:
         if self.postgresql:
@@ -282,7 +323,7 @@ class Ledger:
     def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
         cursor.execute(self._sql(
-            "SELECT d.id, d.attempts, s.id, s.uid, s.email, s.language, s.status"
+            f"SELECT d.id, d.attempts, {_RECIPIENT_COLUMNS}"
             " FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
             f" WHERE {ids} AND d.claimed_by = ? AND d.state = 'sending' ORDER BY d.id"),
             [*id_params, token])
@@ -295,9 +336,7 @@ class Ledger:
                        who_params)
         for subscriber_id, topic_id in cursor.fetchall():
             topics.setdefault(subscriber_id, []).append(topic_id)
-        return [Item(row[0], row[1], Recipient(row[2], row[3], row[4], row[5] or "", row[6],
-                                               tuple(sorted(topics.get(row[2], ())))))
-                for row in rows]
+        return [_item(row, sorted(topics.get(row[2], ()))) for row in rows]
 
     def release_claim(self, conn, digest_id: int, token: str) -> None:
         """Hand back every open row of the claim, as a crash would."""
@@ -315,7 +354,7 @@ class Ledger:
             self._fast_commit(cursor)
             self._write(cursor, digest_id, results, token, backoff)
 
-        self._run(conn, work)
+        self._run(conn, work, pipeline=True)
 
     def _write(self, cursor, digest_id: int, results: Results, token: str,
                backoff: Callable[[int], timedelta] | None) -> None:
@@ -351,9 +390,11 @@ class Ledger:
 
     def _mark_bounced(self, cursor, recipient: Recipient, reply: str, digest_id: int, now) -> None:
         """A 5xx: the address is bounced for good, with a consent-ledger event."""
+        # RETURNING, not rowcount: in a pipeline, fetching is what waits for the answer.
         cursor.execute(self._sql("UPDATE subscriber SET status = 'bounced'"
-                                 " WHERE id = ? AND status IN ('confirmed', 'pending')"), [recipient.id])
-        if cursor.rowcount:
+                                 " WHERE id = ? AND status IN ('confirmed', 'pending') RETURNING id"),
+                       [recipient.id])
+        if cursor.fetchall():
             detail = json.dumps({"reply": reply, "digest_id": digest_id})
             cursor.execute(self._sql(
                 "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"
