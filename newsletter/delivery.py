@@ -9,7 +9,8 @@ The ledger
     draft/approved/scheduled -> sending -> paused <-> sending, -> cancelled, -> done.
 
 Claims (what makes it exactly once)
-    Each connection claims its next chunk of SEND_INFLIGHT due queued rows with one UPDATE
+    Each connection claims its next chunk of SEND_INFLIGHT due queued rows (with SEND_RATE,
+    about half a second of the connection's share at most) with one UPDATE
     that marks them "sending" and sets `claimed_by` to a token naming the host, process and
     a random part (PostgreSQL picks the rows with FOR UPDATE SKIP LOCKED, SQLite serialises
     writers), in the same transaction that records the results of the chunk it sent before.

@@ -216,6 +216,11 @@ class Sender:
         self.first_reply = threading.Event()  # the first message of this sender has an outcome
         self.id_range = job.id_range
         self.bucket = TokenBucket(job.rate)
+        # A chunk's results reach the ledger (and the admin's progress) when it is done: with
+        # SEND_RATE, a chunk is at most about half a second of a connection's share of it.
+        per_connection = job.rate / self.connections
+        self.chunk = (max(1, min(self.settings.inflight, int(per_connection / 2))) if per_connection
+                      else self.settings.inflight)
         self.errors: deque[bool] = deque(maxlen=self.settings.error_window)
         self.errors_lock = threading.Lock()
         self.not_here: set[int] = set()  # rows left for another process (NotHere)
@@ -362,7 +367,7 @@ class Sender:
         return items
 
     def _claim(self, token: str, after: int, done: Results | None) -> list[Item]:
-        items = self.ledger.claim(self._db(), self.digest_id, token, after=after, size=self.settings.inflight,
+        items = self.ledger.claim(self._db(), self.digest_id, token, after=after, size=self.chunk,
                                   now=utcnow(), id_range=self.id_range, exclude=self.not_here, done=done,
                                   backoff=self.settings.backoff)
         if done is not None:

@@ -221,6 +221,31 @@ def test_rate_limit_and_window(make_app, smtp_server):
     assert delivery.seconds_until_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), zone) == 0
 
 
+def test_with_a_rate_limit_the_ledger_hears_of_each_half_second(make_app, smtp_server):
+    """A chunk's results are written when it is done. At SEND_RATE a full SEND_INFLIGHT chunk
+    would take 2.5 s here; the chunks are cut to about half a second of a connection's share,
+    so the progress and the in-flight rows stay fresh."""
+    import time
+
+    app = make_app(MAIL_URL=smtp_server.url, **{**FAST, "SEND_RATE": 40, "SEND_CONNECTIONS": 2,
+                                                   "SEND_INFLIGHT": 50})
+    handler = fault_server(smtp_server)
+    with app.app_context():
+        digest_id = seed(100)
+        delivery.start_send(digest_id)
+        delivery.launch_send(digest_id)
+        try:
+            assert wait_for(lambda: handler.received() > 0, 10)
+            first = time.monotonic()
+            assert wait_for(lambda: delivery.send_progress(digest_id)["sent"] > 0, 5)
+            assert time.monotonic() - first < 1.5
+            # and never more than a chunk of half a second in flight per connection
+            assert delivery.send_progress(digest_id)["sending"] <= 2 * 10
+        finally:
+            delivery.cancel_send(digest_id)
+            delivery.wait_for_sends(timeout=10)
+
+
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
 def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelining):
     from newsletter.mail import MailError, SMTPTransport
