@@ -174,7 +174,10 @@ class DigestRenderer:
         return self.render(_locale(locale), frozenset(self.topic_ids), personal=False)
 
     def subject(self, locale: str) -> str:
-        return self.render_public(locale)[0]
+        """The public subject (what the digest saves), without rendering the bodies."""
+        locale = _locale(locale)
+        return mail.render_subject("digest", locale,
+                                   **self._context(locale, frozenset(self.topic_ids), personal=False))
 
     # the rendering itself
 
@@ -209,6 +212,10 @@ class DigestRenderer:
         return sorted(sections.values(), key=lambda section: section["position"])
 
     def render(self, locale: str, topic_ids: frozenset, *, personal: bool) -> tuple[str, str, str]:
+        return mail.render_email("digest", locale, **self._context(locale, topic_ids, personal=personal))
+
+    def _context(self, locale: str, topic_ids: frozenset, *, personal: bool) -> dict:
+        """What the digest's templates are given for one variant."""
         sections = self.sections(locale, topic_ids)
         lead = sections[0]["articles"][0] if sections else None
         count = sum(len(section["articles"]) for section in sections)
@@ -217,8 +224,7 @@ class DigestRenderer:
             headline = headline[: HEADLINE_MAX - 1].rsplit(" ", 1)[0] + "…"
         public_url = current_app.config["PUBLIC_URL"]
         digest_id = getattr(self.digest, "id", None)
-        return mail.render_email(
-            "digest", locale,
+        return dict(
             slot=mail.slot,
             personal=personal,
             org_name=_org_name(),

@@ -209,12 +209,20 @@ def inline_css(html: str) -> str:
 
 def render_email(name: str, locale: str, **context) -> tuple[str, str, str]:
     """(subject, text, html) of the template triplet `name` in `locale`."""
+    subject = render_subject(name, locale, **context)
     with force_locale(locale):
         context.setdefault("locale", locale)
-        subject = render_template(f"emails/{name}_subject.txt", **context)
         text = render_template(f"emails/{name}.txt", **context)
         html = render_template(f"emails/{name}.html", **context)
-    return " ".join(subject.split()), text, inline_css(html)
+    return subject, text, inline_css(html)
+
+
+def render_subject(name: str, locale: str, **context) -> str:
+    """The subject alone of the triplet `name`, on one line (a digest's subject is saved at
+    compile time: no need to render and inline its HTML for that)."""
+    with force_locale(locale):
+        context.setdefault("locale", locale)
+        return " ".join(render_template(f"emails/{name}_subject.txt", **context).split())
 
 
 def build_email(name: str, to: str, locale: str, *, bulk: bool = False, slots: dict | None = None,

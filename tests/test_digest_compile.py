@@ -29,6 +29,9 @@ def test_compile_takes_this_weeks_articles_in_topic_order(app, feed_server):
         assert digest.status == "draft" and digest.compiled_for == NOW
         assert digest.subject_sv.startswith("Vecka 48: Krönika: Därför behöver vi fler mötesplatser")
         assert digest.subject_en.endswith("– and 5 more")
+        # The saved subject (rendered alone) is the one the emails and the archive show.
+        for locale, saved in (("sv", digest.subject_sv), ("en", digest.subject_en)):
+            assert digests.DigestRenderer(digest).render_public(locale)[0] == saved
         # The same articles never go into a second digest; nothing new means no digest.
         assert digests.compile_digest(NOW + timedelta(minutes=5)) is None
         assert db.session.execute(db.select(db.func.count()).select_from(Digest)).scalar_one() == 1
