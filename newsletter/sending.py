@@ -349,7 +349,7 @@ class Sender:
         return False
 
     def _reserve(self, token: str, done: Results | None) -> list[Item]:
-        """Record `done`, and claim the next chunk (SEND_INFLIGHT due rows, now "sending").
+        """Record `done`, and claim the next chunk (`self.chunk` due rows, now "sending").
 
         The search starts after the last id this process claimed: on PostgreSQL the index
         keeps the dead versions of every row updated since the last vacuum, and a search
