@@ -390,8 +390,12 @@ class AppHooks(Hooks):
 
 
 def app_ledger() -> Ledger:
-    """The ledger over connections of the app's engine (its pool, its SQLite settings)."""
+    """The ledger of this process's senders. On PostgreSQL over connections of their own, as
+    a send worker's (autocommit: a claim is one round trip; see `Database.connect`); on
+    SQLite over the app's engine (its SQLite settings, and a test's in-memory database)."""
     engine = db.engine
+    if engine.dialect.name == "postgresql":
+        return Ledger("postgresql", ledger_database().connect)
     return Ledger(engine.dialect.name, engine.raw_connection)
 
 
@@ -527,8 +531,8 @@ def _start_worker() -> subprocess.Popen:
     )
 
 
-def _worker_database() -> Database:
-    """How a send worker connects to the app's database."""
+def ledger_database() -> Database:
+    """How a sender outside the app's engine (a send worker) connects to the app's database."""
     url = db.engine.url
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -543,7 +547,7 @@ def worker_jobs(renderer, jobs: list[SendJob]) -> list:
     from .send_worker import WorkerJob
 
     variants = {key: renderer.message_for_variant(key) for key in _variants_in_use(renderer.rule)}
-    common = dict(database=_worker_database(), mail_url=current_app.config["MAIL_URL"], rule=renderer.rule,
+    common = dict(database=ledger_database(), mail_url=current_app.config["MAIL_URL"], rule=renderer.rule,
                   variants=variants, log_level=current_app.config.get("LOG_LEVEL", "INFO"))
     return [WorkerJob(send=job, **common) for job in jobs]
 

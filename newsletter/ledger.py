@@ -142,6 +142,12 @@ class Results:
                     or self.handed_on or self.untried)
 
 
+# How a result is written (`Ledger._write`, and PostgreSQL's claim for the plain ones).
+_SENT = ("state = 'sent', sent_at = ?, attempts = attempts + 1, claimed_by = NULL, last_reply = '250',"
+         " updated_at = ?")
+_SKIPPED = "state = 'skipped', claimed_by = NULL, updated_at = ?"
+_BACK = "state = 'queued', claimed_by = NULL, updated_at = ?"  # not tried, or not for this process
+
 # What a claim loads of a recipient, after the delivery's id and attempts (`_item` reads it).
 _RECIPIENT_COLUMNS = "s.id, s.uid, s.email, s.language, s.status"
 
@@ -165,9 +171,16 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
-        import psycopg  # only a PostgreSQL send worker loads the driver
+        import psycopg  # only a PostgreSQL sender loads the driver
 
-        return psycopg.connect(self.target)
+        # Autocommit: a claim is one statement, so it is its own transaction and one round
+        # trip; `Ledger._run` wraps the others in BEGIN ... COMMIT. And like SQLite's WAL +
+        # synchronous=NORMAL, a commit does not wait for the disk: a crash of the sender loses
+        # nothing; only a crash of the database server could forget the last moments (then
+        # those messages would be sent again).
+        conn = psycopg.connect(self.target, autocommit=True)
+        conn.execute("SET synchronous_commit = off")
+        return conn
 
 
 class Ledger:
@@ -207,29 +220,16 @@ class Ledger:
             value = datetime.fromisoformat(value)
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    def _run(self, conn, work: Callable[[Any], Any], *, pipeline: bool = False,
-             read: Callable[[Any], Any] | None = None):
-        """`work(cursor)` in one transaction: committed, or rolled back on any error. With
-        `read`, the result is `read(cursor)` after the commit: the rows of work's last statement.
-
-        With `pipeline` on PostgreSQL, the statements and the COMMIT go out together (psycopg's
-        pipeline mode) and `read` gets their results. A claim is then three round trips
-        instead of eight (psycopg waits for its implicit BEGIN, and the pipeline's end syncs
-        once more; counted with a libpq trace), a bounce in the results one more. Under load
-        every round trip waits for the server's backend to be scheduled, and the sender's SMTP
-        connection stands idle meanwhile.
-        """
+    def _run(self, conn, work: Callable[[Any], Any]):
+        """`work(cursor)` in one transaction: committed, or rolled back on any error."""
         cursor = conn.cursor()
         try:
-            if pipeline and self.postgresql:
-                # SQLAlchemy's pool hands out a proxy; the pipeline is the driver's.
-                with getattr(conn, "driver_connection", conn).pipeline():
-                    result = work(cursor)
-                    conn.commit()
-            else:
-                result = work(cursor)
-                conn.commit()
-            return read(cursor) if read is not None else result
+            if getattr(conn, "autocommit", False):  # a PostgreSQL connection of `Database`
+                with conn.transaction():
+                    return work(cursor)
+            result = work(cursor)
+            conn.commit()
+            return result
         except BaseException:
             try:
                 conn.rollback()
@@ -267,38 +267,19 @@ class Ledger:
         So a message's row is written twice (sending, then its result), and a connection has
         at most one chunk in flight that the ledger does not know the outcome of.
 
-        On PostgreSQL this is one statement after the results, and the whole transaction is
-        pipelined (`_run`): a locking CTE picks the rows (FOR UPDATE SKIP LOCKED,
-        run once; as a plain IN (subquery) the planner may run it again for every row), the
-        UPDATE's RETURNING feeds the recipients' rows and topics. SQLite serialises writers,
-        and its UPDATE checks again that each row is free; RETURNING gives the ids claimed,
-        which are then loaded.
+        On PostgreSQL the claim is one statement that also writes the plain results (sent,
+        skipped, handed back) and loads the recipients with their topics; on a connection of
+        `Database` (autocommit) it is its own transaction: one round trip a chunk. A locking
+        CTE picks the rows (FOR UPDATE SKIP LOCKED, run once; as a plain IN (subquery) the
+        planner may run it again for every row). The statement's parts see one snapshot: the
+        rows it writes results to are "sending", so none of them is claimed again in it.
+        Results that need more (a retry's time, a bounce's consent event) go first, in the
+        same transaction. SQLite serialises writers, and its UPDATE checks again that each row
+        is free; RETURNING gives the ids claimed, which are then loaded.
         """
         due, params = self._due(digest_id, now, after, id_range, set(exclude))
-
-        def record(cursor) -> None:
-            self._fast_commit(cursor)
-            if done is not None:
-                self._write(cursor, digest_id, done, token, backoff)
-
         if self.postgresql:
-            sql = (f"WITH chosen AS (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?"
-                   " FOR UPDATE SKIP LOCKED),"
-                   " taken AS (UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ?"
-                   " FROM chosen WHERE delivery.id = chosen.id"
-                   " RETURNING delivery.id, delivery.attempts, delivery.subscriber_id)"
-                   f" SELECT t.id, t.attempts, {_RECIPIENT_COLUMNS},"
-                   " ARRAY(SELECT topic_id FROM subscriber_topic WHERE subscriber_id = s.id"
-                   " ORDER BY topic_id)"
-                   " FROM taken t JOIN subscriber s ON s.id = t.subscriber_id ORDER BY t.id")
-            args = [*params, size, token, now]
-
-            def claim(cursor) -> None:
-                record(cursor)
-                cursor.execute(self._sql(sql), args)
-
-            return self._run(conn, claim, pipeline=True,
-                             read=lambda cursor: [_item(row, row[7]) for row in cursor.fetchall()])
+            return self._claim_postgresql(conn, digest_id, token, due, [*params, size], now, done, backoff)
 
         # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
         # the (digest_id, state, id) index over every queued row, not by the ids chosen.
@@ -308,19 +289,44 @@ class Ledger:
         args = [token, self._time(now), *params, size]
 
         def claim_and_load(cursor) -> list[Item]:
-            record(cursor)
+            if done is not None:
+                self._write(cursor, digest_id, done, token, backoff)
             cursor.execute(sql, args)
             taken = [row[0] for row in cursor.fetchall()]
             return self._load(cursor, taken, token) if taken else []
 
         return self._run(conn, claim_and_load)
 
-    def _fast_commit(self, cursor) -> None:
-        if self.postgresql:
-            # Like SQLite's WAL + synchronous=NORMAL: the commit does not wait for the disk.
-            # A crash of the sender loses nothing; only a crash of the database server could
-            # forget the last moments (then those messages would be sent again).
-            cursor.execute("SET LOCAL synchronous_commit = off")
+    def _claim_postgresql(self, conn, digest_id: int, token: str, due: str, due_params: list, now: datetime,
+                          done: Results | None, backoff) -> list[Item]:
+        done = done or Results()
+        back = done.untried + done.handed_on
+        sql = ("WITH"
+               f" sent AS (UPDATE delivery SET {_SENT} WHERE id = ANY(?) AND claimed_by = ?),"
+               f" skipped AS (UPDATE delivery SET {_SKIPPED} WHERE id = ANY(?) AND claimed_by = ?),"
+               f" back AS (UPDATE delivery SET {_BACK} WHERE id = ANY(?) AND claimed_by = ?),"
+               f" chosen AS (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED),"
+               " taken AS (UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ?"
+               " FROM chosen WHERE delivery.id = chosen.id"
+               " RETURNING delivery.id, delivery.attempts, delivery.subscriber_id)"
+               f" SELECT t.id, t.attempts, {_RECIPIENT_COLUMNS},"
+               " ARRAY(SELECT topic_id FROM subscriber_topic WHERE subscriber_id = s.id ORDER BY topic_id)"
+               " FROM taken t JOIN subscriber s ON s.id = t.subscriber_id ORDER BY t.id")
+        args = [now, now, done.sent, token, now, done.skipped, token, now, back, token,
+                *due_params, token, now]
+
+        rest = Results(retry=done.retry, failed=done.failed, bounced=done.bounced)
+
+        def claim(cursor) -> list[Item]:
+            if rest:
+                self._write(cursor, digest_id, rest, token, backoff)
+            cursor.execute(self._sql(sql), args)
+            return [_item(row, row[7]) for row in cursor.fetchall()]
+
+        if getattr(conn, "autocommit", False) and not rest:
+            with conn.cursor() as cursor:  # one statement: its own transaction
+                return claim(cursor)
+        return self._run(conn, claim)
 
     def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
@@ -352,11 +358,7 @@ class Ledger:
     def record(self, conn, digest_id: int, results: Results, token: str, *,
                backoff: Callable[[int], timedelta]) -> None:
         """The results of a chunk, in a transaction of their own (a sender that stops)."""
-        def work(cursor) -> None:
-            self._fast_commit(cursor)
-            self._write(cursor, digest_id, results, token, backoff)
-
-        self._run(conn, work, pipeline=True)
+        self._run(conn, lambda cursor: self._write(cursor, digest_id, results, token, backoff))
 
     def _write(self, cursor, digest_id: int, results: Results, token: str,
                backoff: Callable[[int], timedelta] | None) -> None:
@@ -371,9 +373,8 @@ class Ledger:
                 cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"
                                          f" WHERE {clause} AND claimed_by = ?"), [*params, *values, token])
 
-        each(results.sent, "state = 'sent', sent_at = ?, attempts = attempts + 1, claimed_by = NULL,"
-             " last_reply = '250', updated_at = ?", [now, now])
-        each(results.skipped, "state = 'skipped', claimed_by = NULL, updated_at = ?", [now])
+        each(results.sent, _SENT, [now, now])
+        each(results.skipped, _SKIPPED, [now])
         for delivery_id, attempts, reply in results.retry:
             assert backoff is not None, "a retry needs the back-off"
             each([delivery_id], "state = 'queued', claimed_by = NULL, attempts = ?, last_reply = ?,"
@@ -387,16 +388,13 @@ class Ledger:
                  " updated_at = ?", [attempts, reply, now])
             self._mark_bounced(cursor, recipient, reply, digest_id, now)
         # Not tried (a stop, a pause) or not for this process: back to the queue, never sent.
-        each(results.untried + results.handed_on, "state = 'queued', claimed_by = NULL, updated_at = ?",
-             [now])
+        each(results.untried + results.handed_on, _BACK, [now])
 
     def _mark_bounced(self, cursor, recipient: Recipient, reply: str, digest_id: int, now) -> None:
         """A 5xx: the address is bounced for good, with a consent-ledger event."""
-        # RETURNING, not rowcount: in a pipeline, fetching is what waits for the answer.
         cursor.execute(self._sql("UPDATE subscriber SET status = 'bounced'"
-                                 " WHERE id = ? AND status IN ('confirmed', 'pending') RETURNING id"),
-                       [recipient.id])
-        if cursor.fetchall():
+                                 " WHERE id = ? AND status IN ('confirmed', 'pending')"), [recipient.id])
+        if cursor.rowcount:
             detail = json.dumps({"reply": reply, "digest_id": digest_id})
             cursor.execute(self._sql(
                 "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"

@@ -347,6 +347,41 @@ def test_a_failed_claim_keeps_what_was_sent_and_sends_nobody_twice(make_app, smt
     assert len(counts) == 60 and max(counts.values()) == 1
 
 
+def test_postgresql_connections_cut_mid_send_lose_and_double_nobody(make_app, smtp_server, database_url):
+    """The senders' own PostgreSQL connections (autocommit: a claim is one statement) are cut
+    by the server twice mid-send, as a restart or a failover would: they reconnect, write what
+    they had sent, and everyone gets exactly one copy."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("server-side connection kills are a PostgreSQL matter")
+    from sqlalchemy import text
+
+    app = make_app(MAIL_URL=smtp_server.url, **FAST)
+    handler = fault_server(smtp_server)
+    handler.delay = 0.002
+
+    def cut() -> int:
+        with db.engine.connect() as conn:
+            killed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+            conn.commit()
+        return killed
+
+    with app.app_context():
+        digest_id = seed(1500)
+        delivery.start_send(digest_id)
+        delivery.launch_send(digest_id)
+        db.session.remove()  # as a request ends: this test's own connection is not cut
+        for at in (300, 900):
+            assert wait_for(lambda at=at: handler.received() >= at, 30)
+            assert cut() >= 4  # the senders' connections, at least
+        delivery.wait_for_sends(timeout=60)
+        assert digest_status(digest_id) == "done"
+        assert ledger(digest_id) == {"sent": 1500}
+    counts = handler.counts()
+    assert len(counts) == 1500 and max(counts.values()) == 1
+
+
 def test_a_claim_given_up_by_a_live_process_is_taken_back(app):
     from sqlalchemy import update
 
