@@ -168,3 +168,49 @@ def test_pinning_cut_short_is_finished_by_the_next_sender_with_the_same_recipien
     recipients = [m["To"] for m in smtp_server.messages()]
     assert len(recipients) == len(set(recipients)) == 30  # the first 10 were marked sent above
     assert "later@example.se" not in recipients
+
+
+def test_a_failed_claim_commits_nothing_and_the_connection_goes_on(app, database_url):
+    """The claim writes the chunk before's results and takes the next chunk: on PostgreSQL one
+    statement on an autocommit connection (or a transaction, with a retry or a bounce). When it
+    fails, none of it is written, and the same connection claims again afterwards."""
+    from datetime import timedelta
+
+    import pytest
+
+    from newsletter.ledger import Results, claim_token, utcnow
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's claim (SQLite's is a plain transaction, and enforces neither error)")
+
+    def states() -> dict[str, int]:
+        rows = db.session.execute(db.select(Delivery.state, db.func.count()).group_by(Delivery.state)).all()
+        db.session.commit()
+        return dict(rows)
+
+    with app.app_context():
+        digest_id = _seed(30)
+        delivery.start_send(digest_id)
+        ledger = delivery.app_ledger()
+        conn = ledger.connect()
+        token = claim_token()
+        backoff = lambda attempts: timedelta(seconds=60)  # noqa: E731
+        try:
+            items = ledger.claim(conn, digest_id, token, after=0, size=10, now=utcnow())
+            ids = [item.delivery_id for item in items]
+            assert len(ids) == 10 and states() == {"queued": 20, "sending": 10}
+            # a plain chunk (one statement on PostgreSQL), and one with a retry (a transaction)
+            for done in (Results(sent=ids[:5]), Results(sent=ids[:5], retry=[(ids[5], 1, "x" * 600)])):
+                with pytest.raises(Exception):  # noqa: B017 (LIMIT -1; a reply too long for its column)
+                    ledger.claim(conn, digest_id, token, after=ids[-1], size=-1 if not done.retry else 10,
+                                 now=utcnow(), done=done, backoff=backoff)
+                assert states() == {"queued": 20, "sending": 10}  # neither the results nor a claim
+            more = ledger.claim(conn, digest_id, token, after=ids[-1], size=10, now=utcnow(), backoff=backoff,
+                                done=Results(sent=ids[:5], retry=[(ids[5], 1, "451 later")],
+                                             bounced=[(ids[6], 1, "550 unknown", items[6].recipient)],
+                                             untried=ids[7:]))
+            assert [item.delivery_id for item in more] == sorted(item.delivery_id for item in more)
+            assert len(more) == 10 and states() == {"sent": 5, "bounced": 1, "queued": 14, "sending": 10}
+            assert db.session.get(Subscriber, items[6].recipient.id).status == "bounced"
+        finally:
+            conn.close()
