@@ -532,7 +532,8 @@ def _start_worker() -> subprocess.Popen:
 
 
 def ledger_database() -> Database:
-    """How a sender outside the app's engine (a send worker) connects to the app's database."""
+    """How a sender connects to the app's database without the app's engine: a send worker,
+    and on PostgreSQL every sender (`app_ledger`)."""
     url = db.engine.url
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":

@@ -220,11 +220,17 @@ class Ledger:
             value = datetime.fromisoformat(value)
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    def _run(self, conn, work: Callable[[Any], Any]):
-        """`work(cursor)` in one transaction: committed, or rolled back on any error."""
+    def _run(self, conn, work: Callable[[Any], Any], *, one_statement: bool = False):
+        """`work(cursor)` in one transaction: committed, or rolled back on any error.
+
+        On an autocommit connection (PostgreSQL's, of `Database`) a `work` of `one_statement`
+        runs as it is (the statement is its own transaction, with no BEGIN or COMMIT to wait
+        for); any other is wrapped in BEGIN ... COMMIT."""
         cursor = conn.cursor()
         try:
-            if getattr(conn, "autocommit", False):  # a PostgreSQL connection of `Database`
+            if getattr(conn, "autocommit", False):
+                if one_statement:
+                    return work(cursor)
                 with conn.transaction():
                     return work(cursor)
             result = work(cursor)
@@ -323,10 +329,7 @@ class Ledger:
             cursor.execute(self._sql(sql), args)
             return [_item(row, row[7]) for row in cursor.fetchall()]
 
-        if getattr(conn, "autocommit", False) and not rest:
-            with conn.cursor() as cursor:  # one statement: its own transaction
-                return claim(cursor)
-        return self._run(conn, claim)
+        return self._run(conn, claim, one_statement=not rest)
 
     def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
