@@ -51,6 +51,15 @@ class Config:
     DIGEST_MAX_AGE_DAYS: int = _int("DIGEST_MAX_AGE_DAYS", 7)
     DIGEST_REQUIRE_APPROVAL: bool = _bool("DIGEST_REQUIRE_APPROVAL")
     FEED_POLL_MINUTES: int = _int("FEED_POLL_MINUTES", 60)  # 0 = poll only before each digest
+    # Limits of one feed's poll: bytes of body read, entries taken (the newest), seconds in all.
+    FEED_MAX_BYTES: int = _int("FEED_MAX_BYTES", 5 * 1024 * 1024)
+    FEED_MAX_ITEMS: int = _int("FEED_MAX_ITEMS", 100)
+    FEED_TIMEOUT_SECONDS: float = _float("FEED_TIMEOUT_SECONDS", 20)
+    # Address ranges (CIDR) that feeds added by editors may reach besides public addresses;
+    # the operator's FEED_URLS are trusted as given.
+    FEED_ALLOW_NETWORKS: list[str] = _list("FEED_ALLOW_NETWORKS")
+    # Articles in one digest at most (the oldest first; the rest wait for the next one).
+    DIGEST_MAX_ARTICLES: int = _int("DIGEST_MAX_ARTICLES", 100)
     # A weekly run missed (scheduler down) is still made if the scheduler is back within this;
     # later, it is skipped and the articles go into the next week's digest.
     DIGEST_MISFIRE_GRACE_MINUTES: int = _int("DIGEST_MISFIRE_GRACE_MINUTES", 360)
@@ -159,6 +168,7 @@ class TestConfig(Config):
     RATELIMIT_STORAGE_URI = "memory://"
     MAIL_QUEUE_THREAD = False
     FEED_URLS: list[str] = []
+    FEED_ALLOW_NETWORKS = ["127.0.0.0/8"]  # the tests serve their feeds on loopback
     BROKER_URL = ""
     SEND_PROCESSES = 1  # delivery: tests fork only where they say so
     SESSION_COOKIE_SECURE = False

@@ -45,13 +45,19 @@ HEADLINE_MAX = 80  # characters of the lead headline in the subject
 # --- compiling -------------------------------------------------------------------------
 
 
-def coming_articles(now: datetime | None = None) -> list[Article]:
+def coming_articles(now: datetime | None = None, *, limit: int | None = None) -> list[Article]:
     """Articles for the next digest: not hidden, in no digest, and published within
     DIGEST_MAX_AGE_DAYS or since the previous digest, whichever reaches further back (so a
     week the scheduler skipped goes into the next digest), but never more than twice that age.
 
-    Ordered as the digest shows them: by topic, newest first within a topic.
+    At most `limit` (default DIGEST_MAX_ARTICLES), the oldest first: the rest wait for the
+    next digest, until they are too old. Ordered as the digest shows them: by topic, newest
+    first within a topic.
     """
+    if limit is None:
+        limit = current_app.config.get("DIGEST_MAX_ARTICLES") or 100
+    if limit <= 0:
+        return []
     now = now or utcnow()
     max_age = timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
     cutoff = now - max_age
@@ -61,10 +67,17 @@ def coming_articles(now: datetime | None = None) -> list[Article]:
     if previous is not None:
         cutoff = max(min(cutoff, previous), now - 2 * max_age)
     in_a_digest = exists().where(digest_articles.c.article_id == Article.id)
+    taken = (
+        select(Article.id)
+        .where(Article.hidden.is_(False), ~in_a_digest, Article.published_at >= cutoff)
+        .order_by(Article.published_at, Article.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
     rows = db.session.execute(
         select(Article)
         .outerjoin(Topic, Topic.id == Article.topic_id)
-        .where(Article.hidden.is_(False), ~in_a_digest, Article.published_at >= cutoff)
+        .where(Article.id.in_(taken))
         .order_by(Topic.position.is_(None), Topic.position, Article.published_at.desc(), Article.id)
     ).scalars()
     return list(rows)
@@ -461,7 +474,8 @@ def _article_order(article: Article) -> tuple:
 def _draft_articles(draft: Digest, now: datetime) -> list[Article]:
     """The draft's articles that are not hidden, plus the coming ones, in digest order."""
     kept = [article for article in draft.articles if not article.hidden]
-    return sorted(kept + coming_articles(now), key=_article_order)
+    room = (current_app.config.get("DIGEST_MAX_ARTICLES") or 100) - len(kept)
+    return sorted(kept + coming_articles(now, limit=max(room, 0)), key=_article_order)
 
 
 def coming_digest(now: datetime | None = None) -> Digest | None:

@@ -137,6 +137,7 @@ class Feed(db.Model):
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[str] = mapped_column(String(32), default="")
     last_error: Mapped[str] = mapped_column(Text, default="")
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last poll without an error
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     topic: Mapped[Topic | None] = relationship(lazy="joined")
 

@@ -21,3 +21,38 @@ def test_upgrade_creates_the_schema_the_models_describe(app_config):
         db.session.execute(db.text("DROP TABLE alembic_version"))
         db.session.commit()
         db.engine.dispose()
+
+
+def test_feed_last_success_is_filled_in_for_feeds_that_worked(app_config):
+    import sqlalchemy as sa
+
+    from newsletter.models import UTCDateTime, utcnow
+
+    app = create_app(app_config, config_class=TestConfig)
+    init_migrations(app)
+    feed = sa.table("feed", sa.column("url", sa.String), sa.column("title", sa.String),
+                    sa.column("last_fetched_at", UTCDateTime()), sa.column("last_status", sa.String),
+                    sa.column("last_error", sa.Text), sa.column("created_at", UTCDateTime()))
+    fetched = utcnow().replace(microsecond=0)
+    with app.app_context():
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        upgrade(revision="f6fdcb6059ec")  # the schema before last_success_at, with feeds in it
+        db.session.execute(sa.insert(feed), [
+            {"url": f"https://example.org/{status or 'new'}.rss", "title": status, "last_status": status,
+             "last_fetched_at": fetched if status else None, "last_error": "boom" if status == "error" else "",
+             "created_at": fetched}
+            for status in ("ok", "not-modified", "error", "")
+        ])
+        db.session.commit()
+        upgrade(revision="8d2f4a6c1b37")
+        rows = db.session.execute(db.text("SELECT title, last_success_at, last_error FROM feed ORDER BY id"))
+        rows = [(title, success is not None, error) for title, success, error in rows]
+        db.session.commit()  # end the transaction: drop_all below uses another connection
+        assert rows == [("ok", True, ""), ("not-modified", True, ""), ("error", False, "boom"),
+                        ("", False, "")]
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE alembic_version"))
+        db.session.commit()
+        db.engine.dispose()

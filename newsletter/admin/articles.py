@@ -7,7 +7,7 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 
 from .. import articles as article_service
-from .. import audit, digests
+from .. import audit, digests, feed_polls
 from ..extensions import db
 from ..i18n import local_time
 from ..models import Article, Feed, utcnow
@@ -16,7 +16,6 @@ from . import bp
 from .auth import role_required
 from .content_forms import ArticleForm, FeedForm, topic_choices
 
-ADMIN_FETCH_TIMEOUT = 10  # seconds: an editor waits for "fetch now", so do not wait 20
 RECENT_DAYS = 60
 
 
@@ -145,47 +144,29 @@ def feeds():
             flash(_("The feed was added. Fetch it now to see its articles."), "success")
             return redirect(url_for("admin.feeds"), 303)
     feeds = article_service.ensure_configured_feeds()
-    return render_template("admin/feeds.html", form=form, feeds=feeds), 200 if not form.errors else 422
+    return render_template("admin/feeds.html", form=form, feeds=feeds, polling=feed_polls.polling), \
+        200 if not form.errors else 422
 
 
 @bp.post("/feeds/<int:feed_id>/fetch")
 @role_required("editor")
 def feeds_fetch(feed_id: int):
-    """Fetch one feed now."""
+    """Fetch one feed now, in the background: the feeds page shows how it went."""
     feed = db.session.get(Feed, feed_id)
     if feed is None:
         abort(404)
-    result = article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT)
-    _refresh_draft()
-    audit.record("feed.fetch", f"feed:{feed.id}", status=result.status, added=result.added)
-    _flash_result([result])
+    feed_polls.poll_in_background([feed.id])
+    audit.record("feed.fetch", f"feed:{feed.id}")
+    flash(_("The feed is being fetched. Reload the page in a moment to see the result."), "success")
     return redirect(url_for("admin.feeds"), 303)
 
 
 @bp.post("/feeds/fetch")
 @role_required("editor")
 def feeds_fetch_all():
-    """Fetch every feed now."""
+    """Fetch every feed now, in the background."""
     feeds = article_service.ensure_configured_feeds()
-    results = [article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT) for feed in feeds]
-    _refresh_draft()
-    audit.record("feed.fetch_all", "feeds", feeds=len(results), added=sum(r.added for r in results))
-    _flash_result(results)
+    feed_polls.poll_in_background([feed.id for feed in feeds])
+    audit.record("feed.fetch_all", "feeds", feeds=len(feeds))
+    flash(_("The feeds are being fetched. Reload the page in a moment to see the results."), "success")
     return redirect(url_for("admin.feeds"), 303)
-
-
-def _refresh_draft() -> None:
-    draft = digests.current_draft()
-    if draft is not None:
-        digests.refresh_draft(draft)
-
-
-def _flash_result(results) -> None:
-    added = sum(r.added for r in results)
-    updated = sum(r.updated for r in results)
-    failed = [r for r in results if not r.ok]
-    flash(_("Fetched: %(added)d new and %(updated)d updated articles.", added=added, updated=updated),
-          "success")
-    for result in failed:
-        flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=result.error), "error")
-

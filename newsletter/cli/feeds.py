@@ -50,4 +50,5 @@ def list_command() -> None:
         topic = feed.topic.slug if feed.topic else "by category"
         click.echo(f"{feed.id:3}  {feed.last_status or '-':13} {fetched:22} {topic:18} {feed.url}")
         if feed.last_error:
-            click.echo(f"     {feed.last_error}")
+            success = feed.last_success_at.isoformat(timespec="minutes") if feed.last_success_at else "never"
+            click.echo(f"     {feed.last_error}\n     last success: {success}")
