@@ -37,6 +37,20 @@ elif os.environ.get("CI"):
     raise RuntimeError("CI is set but TEST_DATABASE_URL is not: the PostgreSQL run must not be skipped")
 
 
+# Files whose every test is slow: they start processes (send workers, Celery, `kill -9`) or
+# send thousands of messages. `pytest -m "not slow and not browser"` is the fast subset.
+SLOW_FILES = {"test_delivery_kill.py", "test_delivery_celery.py", "test_delivery_faults.py", "test_send_worker.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        if name.endswith("_browser.py"):
+            item.add_marker(pytest.mark.browser)
+        if name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 # --- PostgreSQL: one throwaway database per test run -----------------------------
 
 
