@@ -13,7 +13,8 @@ from digest_support import NOW, subscriber
 from hostile_http import Answer, HostileServer, item, rss
 from sqlalchemy import select
 
-from newsletter import articles, digests, feed_polls, scheduler
+from newsletter import digests, scheduler
+from newsletter.digests import feed_polls, feeds
 from newsletter.extensions import db
 from newsletter.models import Article, Digest, Feed
 
@@ -49,7 +50,7 @@ def _long_fields_feed() -> bytes:
     return rss("Långa fält", [
         item("Länken är för lång", long_link),
         item("T" * 700 + "\x00" + " slut", "https://hostile.example/lang-titel",
-             extra=f'<enclosure url="https://hostile.example/{"b" * 1500}.jpg" type="image/jpeg" length="1"/>'),
+             extra=f'<enclosure url="https://hostile.example/{"b" * 1500}.jpg" type="image/jpeg"/>'),
         item("Lång guid", "https://hostile.example/lang-guid", guid="g" * 3000),
         item("Lång författare", "https://hostile.example/forfattare",
              extra=f"<author>{'x' * 900}@example.org</author>"),
@@ -90,7 +91,7 @@ def test_the_weekly_run_sends_one_digest_from_the_healthy_feeds(make_app, smtp_s
     with app.app_context():
         subscriber("a@example.se")
         for path in hostile.routes:
-            articles.add_feed(hostile.url(path))
+            feeds.add_feed(hostile.url(path))
     started = time.monotonic()
     digest = scheduler.weekly_job(app, scheduled=FIRE, now=FIRE)
     took = time.monotonic() - started
@@ -99,16 +100,16 @@ def test_the_weekly_run_sends_one_digest_from_the_healthy_feeds(make_app, smtp_s
     assert took < 20, took  # each slow feed costs at most FEED_TIMEOUT_SECONDS
 
     with app.app_context():
-        feeds = {f.url.rsplit("/", 1)[1]: f for f in db.session.execute(select(Feed)).scalars()}
+        by_name = {f.url.rsplit("/", 1)[1]: f for f in db.session.execute(select(Feed)).scalars()}
         for path, error in broken.items():
-            feed = feeds[path[1:]]
+            feed = by_name[path[1:]]
             assert feed.last_status == "error" and error in feed.last_error, (path, feed.last_error)
             assert feed.last_success_at is None
         for name in ("long-headers.rss", "long-fields.rss", "nyheter.rss", "blogg.atom"):
-            assert feeds[name].last_status == "ok", (name, feeds[name].last_error)
-            assert feeds[name].last_success_at == FIRE
+            assert by_name[name].last_status == "ok", (name, by_name[name].last_error)
+            assert by_name[name].last_success_at == FIRE
         # Validators longer than their columns are dropped (a cut one would never match).
-        assert feeds["long-headers.rss"].etag is None and feeds["long-headers.rss"].modified is None
+        assert by_name["long-headers.rss"].etag is None and by_name["long-headers.rss"].modified is None
         stored = {a.url: a for a in db.session.execute(select(Article)).scalars()}
         assert not any("a" * 1500 in url for url in stored)  # the item with a too-long link: skipped
         long_title = stored["https://hostile.example/lang-titel"]
@@ -118,7 +119,8 @@ def test_the_weekly_run_sends_one_digest_from_the_healthy_feeds(make_app, smtp_s
         assert len(stored["https://hostile.example/forfattare"].author) <= 200
         assert not any("lollollollol" in a.title for a in stored.values())  # no entity expansion
         sent = db.session.get(Digest, digest.id)
-        assert len(sent.articles) == len([a for a in stored.values() if a.published_at >= FIRE - timedelta(7)])
+        week = [a for a in stored.values() if a.published_at >= FIRE - timedelta(7)]
+        assert len(sent.articles) == len(week)
 
     # `flask feeds list` shows each broken feed's error and its last success.
     result = app.test_cli_runner().invoke(args=["feeds", "list"])
@@ -141,8 +143,8 @@ def test_items_per_poll_and_articles_per_digest_are_limited(make_app, hostile):
         item(f"Nummer {n}", f"https://hostile.example/n/{n}", extra=f"<pubDate>{_date(n)}</pubDate>")
         for n in range(500)]))
     with app.app_context():
-        articles.add_feed(hostile.url("/many.rss"))
-        [result] = articles.fetch_all_feeds(NOW)
+        feeds.add_feed(hostile.url("/many.rss"))
+        [result] = feeds.fetch_all_feeds(NOW)
         assert (result.status, result.added) == ("ok", 50)
         coming = digests.coming_articles(NOW)
         assert len(coming) == 30
@@ -161,9 +163,10 @@ def _date(n: int) -> str:
 
 def test_fetch_now_in_the_admin_runs_in_the_background(make_app, hostile):
     app = make_app(FEED_TIMEOUT_SECONDS=5)
-    hostile.routes["/slow.rss"] = Answer(rss("Långsam", [item("Sen", "https://hostile.example/sen")]), delay=2)
+    slow = rss("Långsam", [item("Sen", "https://hostile.example/sen")])
+    hostile.routes["/slow.rss"] = Answer(slow, delay=2)
     with app.app_context():
-        feed_id = articles.add_feed(hostile.url("/slow.rss")).id
+        feed_id = feeds.add_feed(hostile.url("/slow.rss")).id
     editor = logged_in(app, "editor")
     started = time.monotonic()
     response = post_form(editor, f"/admin/feeds/{feed_id}/fetch", page="/admin/feeds")
@@ -180,18 +183,18 @@ def test_fetch_now_in_the_admin_runs_in_the_background(make_app, hostile):
 def test_a_database_error_in_one_feed_leaves_the_others(app, hostile, monkeypatch):
     hostile.routes["/a.rss"] = Answer(rss("A", [item("A1", "https://hostile.example/a1")]))
     hostile.routes["/b.rss"] = Answer(rss("B", [item("B1", "https://hostile.example/b1")]))
-    real_store = articles._store_entry
+    real_store = feeds._store_entry
 
     def store(feed, entry, now, base):
         if feed.url.endswith("/a.rss"):
             db.session.execute(db.text("SELECT * FROM no_such_table"))
         return real_store(feed, entry, now, base)
 
-    monkeypatch.setattr(articles, "_store_entry", store)
+    monkeypatch.setattr(feeds, "_store_entry", store)
     with app.app_context():
-        articles.add_feed(hostile.url("/a.rss"))
-        articles.add_feed(hostile.url("/b.rss"))
-        results = articles.fetch_all_feeds(NOW)
+        feeds.add_feed(hostile.url("/a.rss"))
+        feeds.add_feed(hostile.url("/b.rss"))
+        results = feeds.fetch_all_feeds(NOW)
         assert [(r.status, r.added) for r in results] == [("ok", 0), ("ok", 1)]
         assert "1 entries could not be stored" in results[0].error
         assert "no_such_table" not in results[0].error  # no SQL shown to editors

@@ -11,7 +11,7 @@ from digest_support import NOW
 from hostile_http import Answer, HostileServer, item, rss
 from sqlalchemy import func, select
 
-from newsletter import articles, feed_http
+from newsletter.digests import feed_http, feeds
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
 
@@ -61,7 +61,7 @@ def test_an_editor_cannot_add_an_inside_address_in_any_spelling(make_app, inside
     app = make_app(FEED_ALLOW_NETWORKS=[])
     with app.app_context():
         with pytest.raises(ValueError) as refused:
-            articles.add_feed(url)
+            feeds.add_feed(url)
         assert REFUSED in str(refused.value)
         assert db.session.execute(select(func.count()).select_from(Feed)).scalar_one() == 0
     assert first.requests == []
@@ -72,7 +72,7 @@ def test_an_editor_cannot_add_an_inside_address_in_any_spelling(make_app, inside
 def test_only_http_and_https_urls_are_taken(make_app, url):
     app = make_app(FEED_ALLOW_NETWORKS=[])
     with app.app_context(), pytest.raises(ValueError):
-        articles.add_feed(url)
+        feeds.add_feed(url)
 
 
 def test_the_admin_and_the_cli_refuse_inside_addresses_with_one_message(make_app, inside):
@@ -99,15 +99,15 @@ def test_a_redirect_inside_is_refused_on_every_hop(make_app, inside):
     app = make_app(FEED_ALLOW_NETWORKS=["127.0.0.1/32"])
     with app.app_context():
         for path in ("/feed.rss", "/twice.rss"):
-            feed = articles.add_feed(first.url(path))
-            result = articles.fetch_feed(feed, now=NOW)
+            feed = feeds.add_feed(first.url(path))
+            result = feeds.fetch_feed(feed, now=NOW)
             assert result.status == "error" and REFUSED in result.error
         assert second.requests == []
         assert db.session.execute(select(func.count()).select_from(Article)).scalar_one() == 0
     # With the whole loopback range opened, the same redirect is followed (the target answers).
     opened = make_app(FEED_ALLOW_NETWORKS=["127.0.0.0/8"])
     with opened.app_context():
-        result = articles.fetch_feed(articles.add_feed(first.url("/feed.rss")), now=NOW)
+        result = feeds.fetch_feed(feeds.add_feed(first.url("/feed.rss")), now=NOW)
         assert (result.status, result.added) == ("ok", 1)
     assert len(second.requests) == 1
 
@@ -117,7 +117,7 @@ def test_feed_urls_of_the_operator_are_trusted(make_app, inside):
     url = first.url("/secret")
     app = make_app(FEED_ALLOW_NETWORKS=[], FEED_URLS=[url])
     with app.app_context():
-        [result] = articles.fetch_all_feeds(NOW)
+        [result] = feeds.fetch_all_feeds(NOW)
         assert (result.status, result.added) == ("ok", 1)
 
 

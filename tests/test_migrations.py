@@ -41,7 +41,8 @@ def test_feed_last_success_is_filled_in_for_feeds_that_worked(app_config):
         upgrade(revision="f6fdcb6059ec")  # the schema before last_success_at, with feeds in it
         db.session.execute(sa.insert(feed), [
             {"url": f"https://example.org/{status or 'new'}.rss", "title": status, "last_status": status,
-             "last_fetched_at": fetched if status else None, "last_error": "boom" if status == "error" else "",
+             "last_fetched_at": fetched if status else None,
+             "last_error": "boom" if status == "error" else "",
              "created_at": fetched}
             for status in ("ok", "not-modified", "error", "")
         ])
