@@ -135,6 +135,11 @@ class Config:
     # --- JSON API (/api/v1) ---
     API_RATE_LIMIT: str = _env("API_RATE_LIMIT", "300 per minute")  # per token (Flask-Limiter syntax)
     API_MAX_BODY_BYTES: int = _int("API_MAX_BODY_BYTES", 1024 * 1024)  # larger bodies get a 413
+    # Request bodies: any route (413 before the body is read); public pages and the embedded form
+    # less; the admin's CSV import more (the file is spooled to disk and read line by line).
+    MAX_CONTENT_LENGTH: int = _int("MAX_CONTENT_LENGTH", 1024 * 1024)
+    PUBLIC_MAX_BODY_BYTES: int = _int("PUBLIC_MAX_BODY_BYTES", 64 * 1024)
+    IMPORT_MAX_BYTES: int = _int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
     SESSION_COOKIE_HTTPONLY: bool = True
     SESSION_COOKIE_SAMESITE: str = "Lax"
     SESSION_COOKIE_SECURE: bool = PUBLIC_URL.startswith("https://")

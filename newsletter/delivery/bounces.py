@@ -168,7 +168,7 @@ def parse_ses(message: str | dict) -> list[BounceReport]:
     if isinstance(message, str):
         try:
             message = json.loads(message)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise InvalidPayload("the SNS Message is not JSON") from exc
     if not isinstance(message, dict):
         raise InvalidPayload("the SES notification is not a JSON object")

@@ -167,7 +167,7 @@ def _delimiter(first_line: str) -> str:
 
 def _records(text: IO[str]) -> Iterator[tuple[int, list[str]]]:
     """(first physical line number, cells) of every non-blank CSV record, header included."""
-    lines = iter(text)
+    lines = _bounded_lines(text)
     first = next(lines, "")
     delimiter = _delimiter(first)
     reader = csv.reader(_chain(first, lines), delimiter=delimiter)
@@ -182,6 +182,23 @@ def _records(text: IO[str]) -> Iterator[tuple[int, list[str]]]:
         start, previous_end = previous_end + 1, reader.line_num
         if any(cell.strip() for cell in cells):
             yield start, cells
+
+
+# A line longer than this is refused as soon as this much of it is read (never read whole).
+MAX_LINE_CHARS = 64 * 1024
+
+
+def _bounded_lines(text: IO[str]) -> Iterator[str]:
+    number = 0
+    while True:
+        line = text.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise ImportFailed(f"the file is not valid CSV: line {number} is longer than {MAX_LINE_CHARS} "
+                               "characters", number)
+        yield line
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
@@ -356,7 +373,7 @@ class RowReader:
     def attributes(self, cells: list[str]) -> dict:
         try:
             value = json.loads(self.cell(cells, "attributes") or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return value if isinstance(value, dict) else {}
 

@@ -59,19 +59,31 @@ def preferences_token(subscriber) -> str:
     return make_token("preferences", subscriber.uid)
 
 
+UID_MAX_LENGTH = 32  # Subscriber.uid
+GENERATION_MAX = 2**31 - 1
+
+
+def _uid(value) -> str:
+    """A token's uid as we issue them; any other shape (signed, but not by this code) is the same
+    TokenError as a tampered token."""
+    if not isinstance(value, str) or not 0 < len(value) <= UID_MAX_LENGTH:
+        raise TokenError("malformed token")
+    return value
+
+
 def read_confirm_token(token: str) -> TokenData:
     payload = read_token("confirm", token, max_age=current_app.config["CONFIRM_MAX_AGE"])
     if not (isinstance(payload, list) and len(payload) == 2):
         raise TokenError("malformed confirmation token")
-    return TokenData(uid=str(payload[0]), generation=int(payload[1]))
+    generation = payload[1]
+    if type(generation) is not int or not 0 <= generation <= GENERATION_MAX:
+        raise TokenError("malformed confirmation token")
+    return TokenData(uid=_uid(payload[0]), generation=generation)
 
 
 def read_subscriber_token(purpose: str, token: str) -> TokenData:
     """Unsubscribe and preferences tokens: no expiry, links in old emails keep working."""
-    payload = read_token(purpose, token)
-    if not isinstance(payload, str):
-        raise TokenError("malformed token")
-    return TokenData(uid=payload)
+    return TokenData(uid=_uid(read_token(purpose, token)))
 
 
 def public_url(path: str) -> str:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from flask import request
 
+from newsletter.web import limits
 from newsletter.web.api.errors import ApiError
 
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
@@ -112,8 +113,8 @@ def json_body(schema: dict) -> dict:
     if not raw.strip():
         raise ApiError(400, "invalid_json", "The request body is empty; a JSON object is expected.")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        data = limits.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The body must be a JSON object.")

@@ -8,13 +8,13 @@ reason, an unauthenticated one changes nothing.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 
 from flask import abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from newsletter.delivery import bounces
+from newsletter.web import limits
 from newsletter.web.hooks import bp, sns
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _json_body() -> object:
     if not data:
         raise HookError("empty body; JSON expected")
     try:
-        return json.loads(data.decode("utf-8"))
+        return limits.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise HookError(f"the body is not JSON: {exc}") from exc
 

@@ -50,7 +50,7 @@ def filled_too_fast(stamp: str | None) -> bool:
     """True for a missing, forged or too fresh stamp: the form was not filled in by a person."""
     try:
         shown_at = float(tokens.read_token("signup-form", stamp or ""))
-    except (tokens.TokenError, TypeError, ValueError):
+    except (tokens.TokenError, TypeError, ValueError, OverflowError):
         return True
     return time.time() - shown_at < current_app.config["SIGNUP_MIN_SECONDS"]
 

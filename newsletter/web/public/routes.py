@@ -155,6 +155,22 @@ def too_many_requests(error):
     return render_template("public/error.html", title=_("Too many attempts"), message=message), 429
 
 
+@bp.errorhandler(400)
+def bad_request(error):
+    message = _("The request could not be understood. Nothing was changed.")
+    if request.is_json:
+        return jsonify(ok=False, error="invalid_json", message=message), 400
+    return render_template("public/error.html", title=_("Bad request"), message=message), 400
+
+
+@bp.errorhandler(413)
+def too_large(error):
+    message = _("What was sent is too large. Nothing was changed.")
+    if request.is_json:
+        return jsonify(ok=False, error="too_large", message=message), 413
+    return render_template("public/error.html", title=_("Too large"), message=message), 413
+
+
 @bp.errorhandler(CSRFError)
 def csrf_failed(error):
     message = _("The form had expired or came from another site. Reload the page and try again.")
