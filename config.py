@@ -149,7 +149,7 @@ class Config:
     BABEL_DEFAULT_TIMEZONE: str = TIMEZONE
     # --- admin area ---
     ADMIN_PASSWORD_MIN_LENGTH: int = _int("ADMIN_PASSWORD_MIN_LENGTH", 12)
-    # Login attempts (POST /admin/login) per client IP, and per address tried.
+    # Failed login attempts (POST /admin/login) per client IP, and per address tried from one IP.
     ADMIN_LOGIN_RATE: str = _env("ADMIN_LOGIN_RATE", "10 per minute;50 per hour")
     ADMIN_LOGIN_RATE_PER_ADDRESS: str = _env("ADMIN_LOGIN_RATE_PER_ADDRESS", "10 per hour")
     ADMIN_SETUP_TOKEN_MAX_AGE: int = _int("ADMIN_SETUP_TOKEN_MAX_AGE", 24 * 3600)  # seconds

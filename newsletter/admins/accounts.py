@@ -11,11 +11,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from itsdangerous import BadData, URLSafeTimedSerializer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import ADMIN_ROLES, Admin
+from newsletter.models import ADMIN_ROLES, Admin, ApiToken
 
 SETUP_SALT = "newsletter.web.admin-setup"
 
@@ -130,6 +130,15 @@ def set_active(admin: Admin, active: bool) -> None:
         if not others:
             raise AccountError("last_admin", "the last active admin cannot be deactivated")
     admin.active = active
+    admin.session_version = (admin.session_version or 0) + 1
+    if not active:  # the API tokens this admin made stop with the account
+        db.session.execute(update(ApiToken).where(ApiToken.created_by_id == admin.id,
+                                                  ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow()))
+    db.session.commit()
+
+
+def end_sessions(admin: Admin) -> None:
+    """Log out: every session of this admin ends on the server (a copied cookie opens nothing)."""
     admin.session_version = (admin.session_version or 0) + 1
     db.session.commit()
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import ADMIN_ROLES, ApiToken
+from newsletter.models import ADMIN_ROLES, Admin, ApiToken
 
 TOKEN_PREFIX = "nlt_"
 MAX_NAME_LENGTH = 200
@@ -65,11 +65,24 @@ def authenticate(bearer: str | None) -> ApiToken | None:
     # The lookup is by hash, so timing says nothing about the plaintext; compare anyway, cheaply.
     if token is None or not hmac.compare_digest(token.token_hash, digest) or token.revoked_at is not None:
         return None
+    if not _creator_allows(token):
+        return None
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
         token.last_used_at = now
         db.session.commit()
     return token
+
+
+def _creator_allows(token: ApiToken) -> bool:
+    """A token made by an admin works only while that admin is active and holds the token's role
+    (tokens made with `flask admin token`, by the operator, have no creator)."""
+    if token.created_by_id is None:
+        return True
+    creator = db.session.get(Admin, token.created_by_id)
+    if creator is None or not creator.active:
+        return False
+    return token.role == "editor" or creator.role == "admin"
 
 
 def list_tokens() -> list[ApiToken]:

@@ -160,7 +160,8 @@ def _safe_next(target: str | None) -> str:
 
 
 def _posted_email_key() -> str:
-    return (request.form.get("email") or "").strip().lower()[:320] or client_ip()
+    """The address tried, from this client: failures from elsewhere never lock the real admin out."""
+    return f'{(request.form.get("email") or "").strip().lower()[:320]}|{client_ip()}'
 
 
 def _failed(response) -> bool:
@@ -251,6 +252,7 @@ def logout():
     """Log out (a POST with the CSRF token, so no other site can log anyone out)."""
     if current_user.is_authenticated:
         audit.record("logout", current_user.email)
+        accounts.end_sessions(current_user)  # a copy of the session cookie opens nothing now
     logout_user()
     session.clear()
     flash(_("You have logged out."), "info")
