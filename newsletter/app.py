@@ -40,9 +40,10 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     if os.environ.get("PROXY_FIX"):  # behind a reverse proxy that sets X-Forwarded-*
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
-    from newsletter.web import limits
+    from newsletter.web import headers, limits
 
     limits.init_app(app)  # before the blueprints: their <int:…> routes use its converter
+    headers.init_app(app)
     db.init_app(app)
     app.cli.add_command(MigrationsGroup())  # Flask-Migrate, imported when `flask db` runs
     csrf.init_app(app)

@@ -36,7 +36,6 @@ from newsletter.web.admin.forms import LoginForm, SetupForm
 
 log = logging.getLogger(__name__)
 
-ADMIN_CSP = "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
 OPEN_ENDPOINTS = {"admin.login", "admin.setup", "admin.static"}
 
 login.login_view = "admin.login"
@@ -104,12 +103,7 @@ def refuse_nul_bytes():
 
 @bp.after_request
 def admin_headers(response):
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    response.headers.setdefault("Content-Security-Policy",
-                                ADMIN_CSP)
+    response.headers.setdefault("Cache-Control", "no-store")  # the other headers: web/headers.py
     return response
 
 

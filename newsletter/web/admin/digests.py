@@ -15,6 +15,7 @@ from newsletter.engine.smtp import MailError
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
 from newsletter.web.admin.content_forms import IntroForm, TestSendForm
+from newsletter.web.headers import talisman
 
 # The preview is an email, not a page of ours: no scripts, no forms, no same-origin access,
 # even if something slipped through the sanitiser. The iframe's sandbox says the same.
@@ -61,6 +62,7 @@ def digest():
 
 
 @bp.get("/digest/preview/<language>.html")
+@talisman(content_security_policy=PREVIEW_CSP)
 @role_required("editor")
 def digest_preview_html(language: str):
     """The coming digest's HTML part, as a separate document for the preview iframe."""
@@ -69,8 +71,6 @@ def digest_preview_html(language: str):
     rendered = digests.preview_coming(language)
     html = rendered[2] if rendered else render_template("admin/digest_nothing.html")
     response = Response(html, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = PREVIEW_CSP
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
     response.headers["Cache-Control"] = "no-store"
     return response
 

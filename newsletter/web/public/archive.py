@@ -8,6 +8,7 @@ from flask_babel import get_locale
 from newsletter import digests
 from newsletter.extensions import db
 from newsletter.models import Digest
+from newsletter.web.headers import EMAIL_PAGE_CSP, talisman
 from newsletter.web.public import bp
 
 
@@ -29,12 +30,11 @@ def archive_index():
 
 
 @bp.get("/archive/<int:digest_id>")
+@talisman(content_security_policy=EMAIL_PAGE_CSP)
 def archive_digest(digest_id: int):
     """One digest as a web page: the email's own rendering, without any personal link."""
     _subject, _text, html = digests.DigestRenderer(_public_digest(digest_id)).render_public(_locale())
     response = Response(html, mimetype="text/html")
-    # The page is the email: it needs no script at all, so forbid any.
-    response.headers["Content-Security-Policy"] = "script-src 'none'; object-src 'none'; base-uri 'none'"
     return response
 
 
