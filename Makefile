@@ -25,8 +25,10 @@ run: install
 	trap 'kill $$scheduler 2>/dev/null' EXIT INT TERM; \
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
+# ruff, and bandit's security checks (a justified exception is marked `# nosec BXXX # why`).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/bandit -r newsletter -q
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)

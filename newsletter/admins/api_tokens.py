@@ -19,7 +19,7 @@ from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.models import ADMIN_ROLES, Admin, ApiToken
 
-TOKEN_PREFIX = "nlt_"
+TOKEN_PREFIX = "nlt_"  # nosec B105 # the tokens' public prefix, not a secret
 MAX_NAME_LENGTH = 200
 # last_used_at is written at most this often per token: no write on every API call.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

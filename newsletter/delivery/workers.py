@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+import pickle  # nosec B403 # pickles only to our own worker process, over its stdin
 import signal
-import subprocess
+import subprocess  # nosec B404 # starts our own send worker (sys.executable -m), no shell
 import sys
 from pathlib import Path
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def start_worker() -> subprocess.Popen:
     """A send worker process, waiting for its job on stdin (see `send_worker`)."""
-    return subprocess.Popen(
+    return subprocess.Popen(  # nosec B603 # a fixed argument list: our interpreter and module
         [sys.executable, "-m", "newsletter.engine.worker", str(os.getpid())],
         stdin=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2], close_fds=True,
     )

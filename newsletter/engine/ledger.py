@@ -233,7 +233,7 @@ class Ledger:
         except BaseException:
             try:
                 conn.rollback()
-            except Exception:  # noqa: BLE001  (a broken connection: the error above matters)
+            except Exception:  # nosec B110 # closing a broken connection; noqa: BLE001  (a broken connection: the error above matters)
                 pass
             raise
         finally:
@@ -283,7 +283,7 @@ class Ledger:
 
         # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
         # the (digest_id, state, id) index over every queued row, not by the ids chosen.
-        sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"
+        sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"  # nosec B608 # placeholders only; values are bound
                f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?)"
                " AND state = 'queued' AND claimed_by IS NULL RETURNING id")
         args = [token, self._time(now), *params, size]
@@ -301,7 +301,7 @@ class Ledger:
                           done: Results | None, backoff) -> list[Item]:
         done = done or Results()
         back = done.untried + done.handed_on
-        sql = ("WITH"
+        sql = ("WITH"  # nosec B608 # fixed SQL and placeholders; values are bound
                f" sent AS (UPDATE delivery SET {_SENT} WHERE id = ANY(?) AND claimed_by = ?),"
                f" skipped AS (UPDATE delivery SET {_SKIPPED} WHERE id = ANY(?) AND claimed_by = ?),"
                f" back AS (UPDATE delivery SET {_BACK} WHERE id = ANY(?) AND claimed_by = ?),"
@@ -328,7 +328,7 @@ class Ledger:
     def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
         cursor.execute(self._sql(
-            f"SELECT d.id, d.attempts, {_RECIPIENT_COLUMNS}"
+            f"SELECT d.id, d.attempts, {_RECIPIENT_COLUMNS}"  # nosec B608 # column names are constants
             " FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
             f" WHERE {ids} AND d.claimed_by = ? AND d.state = 'sending' ORDER BY d.id"),
             [*id_params, token])
@@ -337,7 +337,7 @@ class Ledger:
             return []
         topics: dict[int, list[int]] = {}
         who, who_params = self._in("subscriber_id", sorted({row[2] for row in rows}))
-        cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),
+        cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),  # nosec B608 # placeholders only
                        who_params)
         for subscriber_id, topic_id in cursor.fetchall():
             topics.setdefault(subscriber_id, []).append(topic_id)
@@ -367,13 +367,13 @@ class Ledger:
         def each(ids: Sequence[int], assignments: str, params: Sequence = ()) -> None:
             if ids:
                 clause, values = self._in("id", ids)
-                cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"
+                cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"  # nosec B608 # constant column names
                                          f" WHERE {clause} AND claimed_by = ?"), [*params, *values, token])
 
         each(results.sent, _SENT, [now, now])
         each(results.skipped, _SKIPPED, [now])
         for delivery_id, attempts, reply in results.retry:
-            assert backoff is not None, "a retry needs the back-off"
+            assert backoff is not None, "a retry needs the back-off"  # nosec B101 # an invariant of this code, not an input check
             each([delivery_id], "state = 'queued', claimed_by = NULL, attempts = ?, last_reply = ?,"
                  " next_attempt_at = ?, updated_at = ?",
                  [attempts, reply, self._time(moment + backoff(attempts)), now])
@@ -394,7 +394,7 @@ class Ledger:
         if cursor.rowcount:
             detail = json.dumps({"reply": reply, "digest_id": digest_id})
             cursor.execute(self._sql(
-                "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"
+                "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"  # nosec B608 # placeholders only
                 f" user_agent, detail, created_at) VALUES (?, ?, 'bounce', 'system', '', '', '', "
                 f"{'CAST(? AS JSON)' if self.postgresql else '?'}, ?)"),
                 [recipient.id, email_hash(recipient.email), detail, now])
@@ -416,7 +416,7 @@ class Ledger:
                                  set(exclude))
 
         def read(cursor):
-            cursor.execute(self._sql(f"SELECT count(*), min(next_attempt_at), count(claimed_by)"
+            cursor.execute(self._sql(f"SELECT count(*), min(next_attempt_at), count(claimed_by)"  # nosec B608 # placeholders only
                                      f" FROM delivery WHERE {sql}"), params)
             left, next_at, claimed = cursor.fetchone()
             return left, self._read_time(next_at), claimed

@@ -107,7 +107,7 @@ class PreparedMessage:
             self.chunks.append(b"")
         # A header value never starts a line (it follows "Name: "), so the chunk after it
         # does not either; `wire` relies on that.
-        assert encoding != "header" or not self.chunks[-1].endswith(b"\n"), "header slot at a line start"
+        assert encoding != "header" or not self.chunks[-1].endswith(b"\n"), "header slot at a line start"  # nosec B101 # an invariant of the template, not input
         self.slots.append((name, encoding))
 
     def render(self, values: dict[str, str]) -> bytes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import pickle
+import pickle  # nosec B403 # reads a job only from the parent process's pipe
 import signal
 import sys
 import threading
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != int(argv[0]):  # the parent died before PR_SET_PDEATHSIG took effect
         return 1
     try:
-        job: WorkerJob = pickle.load(sys.stdin.buffer)
+        job: WorkerJob = pickle.load(sys.stdin.buffer)  # nosec B301 # stdin is a pipe from the process that started us
     except EOFError:  # the parent sends on alone (it could not prepare the job, or it stopped)
         return 0
     logging.basicConfig(level=job.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -447,7 +447,7 @@ class BulkInsert:
         if dialect.name == "postgresql":
             # %b: binary parameters (arrays dumped without text escaping)
             arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in columns)
-            self.sql = f"{head}SELECT * FROM unnest({arrays}){tail}"
+            self.sql = f"{head}SELECT * FROM unnest({arrays}){tail}"  # nosec B608 # table and column names from the models
         else:
             self.head, self.tail = head + "VALUES ", tail
             self.values = "(" + ", ".join("?" * len(columns)) + ")"
