@@ -82,6 +82,8 @@ class Config:
     CONSENT_VERSION: str = _env("CONSENT_VERSION", "2026-11-01")
     CONFIRM_MAX_AGE: int = _int("CONFIRM_MAX_AGE", 7 * 24 * 3600)  # seconds
     CONFIRM_RESEND_MINUTES: int = _int("CONFIRM_RESEND_MINUTES", 15)
+    # Confirmation emails to one mailbox (lower-cased, +tag removed) in 24 hours, however spelt.
+    CONFIRM_MAX_PER_MAILBOX: int = _int("CONFIRM_MAX_PER_MAILBOX", 3)
     SIGNUP_MIN_SECONDS: float = _float("SIGNUP_MIN_SECONDS", 2.0)
     SIGNUP_RATE_PER_IP: str = _env("SIGNUP_RATE_PER_IP", "10 per minute;60 per hour")
     SIGNUP_RATE_PER_ADDRESS: str = _env("SIGNUP_RATE_PER_ADDRESS", "3 per hour;10 per day")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.extensions import db
@@ -25,6 +25,7 @@ from newsletter.subscriptions import tokens
 from newsletter.subscriptions.consent import check_source, record_event
 from newsletter.subscriptions.validation import (
     InvalidInput,
+    canonical_mailbox,
     check_language,
     check_topics,
     normalise_email,
@@ -65,9 +66,30 @@ def subscriber_from_token(purpose: str, token: str) -> Subscriber | None:
 
 
 def _resend_due(subscriber: Subscriber) -> bool:
-    sent = subscriber.confirmation_sent_at
+    """A confirmation may go out: none to this address, nor to its mailbox however spelt (a
+    +tag, upper case), within CONFIRM_RESEND_MINUTES, and fewer than CONFIRM_MAX_PER_MAILBOX
+    to the mailbox in the last day."""
+    now = utcnow()
     window = timedelta(minutes=current_app.config["CONFIRM_RESEND_MINUTES"])
-    return sent is None or utcnow() - sent >= window
+    sent = subscriber.confirmation_sent_at
+    if sent is not None and now - sent < window:
+        return False
+    mailbox = canonical_mailbox(subscriber.email)
+    local, _, domain = mailbox.rpartition("@")
+    tagged = f"{_like_escape(local)}+%@{_like_escape(domain)}"
+    recent = list(db.session.execute(
+        select(QueuedEmail.created_at).where(
+            QueuedEmail.kind == "confirm", QueuedEmail.created_at >= now - timedelta(days=1),
+            or_(func.lower(QueuedEmail.to_addr) == mailbox,
+                func.lower(QueuedEmail.to_addr).like(tagged, escape="\\")))
+    ).scalars())
+    if len(recent) >= current_app.config["CONFIRM_MAX_PER_MAILBOX"]:
+        return False
+    return not any(now - created < window for created in recent)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _queue_confirmation(subscriber: Subscriber) -> None:

@@ -57,6 +57,13 @@ def normalise_email(raw: object) -> str:
     return info.normalized.lower()
 
 
+def canonical_mailbox(address: str) -> str:
+    """The mailbox an address reaches: lower-cased and without a +tag, so `Anna+1@x.se` and
+    `anna+2@x.se` are both `anna@x.se` (for limits; mail goes to the address as typed)."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}"
+
+
 def clean_name(raw: object) -> str:
     if raw is None:
         return ""

@@ -29,6 +29,7 @@ from newsletter.extensions import client_ip, csrf, db, limiter
 from newsletter.i18n import LANG_COOKIE, supported
 from newsletter.subscriptions import tokens
 from newsletter.subscriptions.topics import ensure_topics
+from newsletter.subscriptions.validation import canonical_mailbox
 from newsletter.web.public import bp
 from newsletter.web.public.forms import (
     ConfirmForm,
@@ -77,10 +78,11 @@ def _posted_email() -> object:
 
 
 def _address_key() -> str:
-    """Rate-limit key of the address being signed up (normalised, so case tricks don't help)."""
+    """Rate-limit key of the mailbox being signed up (lower-cased, +tag removed, so neither case
+    nor plus-addressing tricks help)."""
     raw = _posted_email()
     try:
-        return "address:" + subscriptions.normalise_email(raw)
+        return "address:" + canonical_mailbox(subscriptions.normalise_email(raw))
     except subscriptions.InvalidInput:
         return "address:" + str(raw or "")[:320].strip().lower()
 
