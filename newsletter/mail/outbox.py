@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 CLAIM_SECONDS = 300  # a claim older than this belongs to a flush that died: take it over
 BATCH_SIZE = 100
 
-# kind -> renderer(subscriber, cache) -> message bytes, or None when it is no longer wanted
+# kind -> renderer(subscriber, cache, row) -> message bytes, or None when it is no longer wanted
 # (say, a confirmation for someone who has unsubscribed since). `cache` lives for one flush.
-Renderer = Callable[[Subscriber, dict], "bytes | None"]
+Renderer = Callable[[Subscriber, dict, QueuedEmail], "bytes | None"]
 RENDERERS: dict[str, Renderer] = {}
 
 
@@ -106,7 +106,7 @@ def _message_for(row: QueuedEmail, cache: dict) -> bytes | None:
     subscriber = db.session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     if subscriber is None:
         return None
-    return RENDERERS[row.kind](subscriber, cache)
+    return RENDERERS[row.kind](subscriber, cache, row)
 
 
 def _release(rows: list[QueuedEmail]) -> None:

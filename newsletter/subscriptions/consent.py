@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app
+from sqlalchemy import select
 
 from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
@@ -29,3 +30,13 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
     )
     db.session.add(event)
     return event
+
+
+def signup_event_for(subscriber: Subscriber, at) -> ConsentEvent | None:
+    """The signup whose confirmation email was queued at `at`: each pending signup keeps its
+    own choices here, and the one that is confirmed is the one applied."""
+    return db.session.execute(
+        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.kind == "signup",
+                                   ConsentEvent.created_at <= at)
+        .order_by(ConsentEvent.created_at.desc(), ConsentEvent.id.desc()).limit(1)
+    ).scalar_one_or_none()

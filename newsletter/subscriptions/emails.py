@@ -8,9 +8,11 @@ from newsletter.mail import outbox as mail_queue
 from newsletter.mail.compose import prepare_message, render_email, smtp_address
 from newsletter.mail.personal import personal_values
 from newsletter.models import (
+    QueuedEmail,
     Subscriber,
 )
 from newsletter.subscriptions import tokens
+from newsletter.subscriptions.consent import signup_event_for
 
 
 def _prepared(cache: dict, name: str, locale: str, *, bulk: bool = False):
@@ -22,21 +24,24 @@ def _prepared(cache: dict, name: str, locale: str, *, bulk: bool = False):
 
 
 @mail_queue.renderer("confirm")
-def _confirm_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+def _confirm_email(subscriber: Subscriber, cache: dict, row: QueuedEmail) -> bytes | None:
     if subscriber.status != "pending":  # confirmed or unsubscribed since it was queued
         return None
-    return _prepared(cache, "confirm", subscriber.language).render(
-        {"to": smtp_address(subscriber.email)[0], "confirm_url": tokens.confirm_url(subscriber)})
+    signup = signup_event_for(subscriber, row.created_at)
+    language = (signup.detail or {}).get("language") if signup is not None else None
+    return _prepared(cache, "confirm", language or subscriber.language).render(
+        {"to": smtp_address(subscriber.email)[0],
+         "confirm_url": tokens.confirm_url(subscriber, signup.id if signup is not None else None)})
 
 
 @mail_queue.renderer("welcome")
-def _welcome_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+def _welcome_email(subscriber: Subscriber, cache: dict, row: QueuedEmail) -> bytes | None:
     if subscriber.status != "confirmed":
         return None
     return _prepared(cache, "welcome", subscriber.language, bulk=True).render(personal_values(subscriber))
 
 
 @mail_queue.renderer("preferences_link")
-def _preferences_link_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+def _preferences_link_email(subscriber: Subscriber, cache: dict, row: QueuedEmail) -> bytes | None:
     return _prepared(cache, "preferences_link", subscriber.language).render(
         {"to": smtp_address(subscriber.email)[0], "preferences_url": tokens.preferences_url(subscriber)})

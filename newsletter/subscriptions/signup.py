@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from newsletter.extensions import db
 from newsletter.mail import outbox as mail_queue
 from newsletter.models import (
+    ConsentEvent,
     QueuedEmail,
     Subscriber,
     utcnow,
@@ -92,9 +93,10 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _queue_confirmation(subscriber: Subscriber) -> None:
-    subscriber.confirmation_sent_at = utcnow()
-    mail_queue.enqueue("confirm", to=subscriber.email, subscriber_id=subscriber.id)
+def _queue_confirmation(subscriber: Subscriber, at=None) -> None:
+    subscriber.confirmation_sent_at = at = at or utcnow()
+    row = mail_queue.enqueue("confirm", to=subscriber.email, subscriber_id=subscriber.id)
+    row.created_at = at  # the email's link carries the signup recorded at this moment
 
 
 def _locked_by_email(address: str) -> Subscriber | None:
@@ -112,6 +114,10 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     updated and the confirmation resent, at most once per CONFIRM_RESEND_MINUTES.
     Confirmed: nothing at all. Unsubscribed or bounced: pending again, and must
     confirm again (the generation bumped at unsubscribe keeps old links dead).
+
+    A new signup for a pending address changes nothing that was chosen: its choices are kept in
+    its own signup event, and the confirmation link names the signup it was sent for, so the
+    choices applied are those of the signup that is confirmed (not a stranger's re-signup).
     """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
     check_source(source)
@@ -130,16 +136,20 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     if subscriber.status == "confirmed":
         db.session.rollback()  # nothing changes, nothing is sent, nothing is told
         return
-    if subscriber.status != "pending":
+    if subscriber.status != "pending" or subscriber.confirmation_sent_at is None:
+        # A new subscription (or one that never got its email): these choices are the ones
+        # shown until a confirmation applies those of its own signup.
         subscriber.status = "pending"
-        subscriber.confirmation_sent_at = None  # a new subscription: confirm it now
-    subscriber.language, subscriber.topics = language, chosen
-    if name:
-        subscriber.name = name
-    record_event(subscriber, "signup", source=source, ip=ip, user_agent=user_agent,
-                 detail={"topics": [t.slug for t in chosen], "language": language})
+        subscriber.confirmation_sent_at = None
+        subscriber.language, subscriber.topics = language, chosen
+        if name:
+            subscriber.name = name
+    now = utcnow()
+    event = record_event(subscriber, "signup", source=source, ip=ip, user_agent=user_agent,
+                         detail={"topics": [t.slug for t in chosen], "language": language})
+    event.created_at = now
     if _resend_due(subscriber):
-        _queue_confirmation(subscriber)
+        _queue_confirmation(subscriber, now)
     db.session.commit()
     mail_queue.wake()
 
@@ -160,6 +170,7 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
     subscriber = subscriber_for_confirm(token)
     if subscriber.status == "confirmed":
         return subscriber
+    _apply_signup_choices(subscriber, tokens.read_confirm_token(token).signup_event)
     subscriber.status = "confirmed"
     subscriber.confirmed_at = utcnow()
     record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
@@ -167,6 +178,21 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
     db.session.commit()
     mail_queue.wake()
     return subscriber
+
+
+def _apply_signup_choices(subscriber: Subscriber, event_id: int | None) -> None:
+    """The topics and language of the signup this confirmation link was sent for."""
+    if event_id is None:
+        return
+    event = db.session.get(ConsentEvent, event_id)
+    if event is None or event.subscriber_id != subscriber.id or event.kind != "signup":
+        return
+    detail = event.detail or {}
+    try:
+        subscriber.topics = check_topics(detail.get("topics") or [])
+        subscriber.language = check_language(detail.get("language") or subscriber.language)
+    except InvalidInput:  # a topic removed from TOPICS since: keep what is stored
+        return
 
 
 def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> None:

@@ -27,6 +27,7 @@ class TokenExpired(TokenError):
 class TokenData:
     uid: str
     generation: int = 0
+    signup_event: int | None = None  # the signup (ConsentEvent id) whose choices a confirmation applies
 
 
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
@@ -47,8 +48,9 @@ def read_token(purpose: str, token: str, max_age: int | None = None):
         raise TokenError(str(exc)) from exc
 
 
-def confirm_token(subscriber) -> str:
-    return make_token("confirm", [subscriber.uid, subscriber.generation])
+def confirm_token(subscriber, signup_event: int | None = None) -> str:
+    payload = [subscriber.uid, subscriber.generation]
+    return make_token("confirm", payload if signup_event is None else [*payload, signup_event])
 
 
 def unsubscribe_token(subscriber) -> str:
@@ -73,12 +75,13 @@ def _uid(value) -> str:
 
 def read_confirm_token(token: str) -> TokenData:
     payload = read_token("confirm", token, max_age=current_app.config["CONFIRM_MAX_AGE"])
-    if not (isinstance(payload, list) and len(payload) == 2):
+    if not (isinstance(payload, list) and len(payload) in (2, 3)):  # 2: links sent before signups had ids
         raise TokenError("malformed confirmation token")
-    generation = payload[1]
-    if type(generation) is not int or not 0 <= generation <= GENERATION_MAX:
+    numbers = payload[1:]
+    if any(type(n) is not int or not 0 <= n <= GENERATION_MAX for n in numbers):
         raise TokenError("malformed confirmation token")
-    return TokenData(uid=_uid(payload[0]), generation=generation)
+    return TokenData(uid=_uid(payload[0]), generation=numbers[0],
+                     signup_event=numbers[1] if len(numbers) == 2 else None)
 
 
 def read_subscriber_token(purpose: str, token: str) -> TokenData:
@@ -90,8 +93,8 @@ def public_url(path: str) -> str:
     return current_app.config["PUBLIC_URL"] + path
 
 
-def confirm_url(subscriber) -> str:
-    return public_url(f"/confirm/{confirm_token(subscriber)}")
+def confirm_url(subscriber, signup_event: int | None = None) -> str:
+    return public_url(f"/confirm/{confirm_token(subscriber, signup_event)}")
 
 
 def unsubscribe_url(subscriber) -> str:
