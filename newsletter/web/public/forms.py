@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from flask import current_app
@@ -46,13 +47,34 @@ def signup_timestamp() -> str:
     return tokens.make_token("signup-form", time.time())
 
 
-def filled_too_fast(stamp: str | None) -> bool:
-    """True for a missing, forged or too fresh stamp: the form was not filled in by a person."""
+def stamp_verdict(stamp: str | None) -> str:
+    """What the form's stamp says: "ok"; "expired" (older than SIGNUP_STAMP_MAX_AGE: a person
+    may have left the page open, ask again); or "bot": missing, forged, too fresh, or used more
+    than SIGNUP_STAMP_USES times (a replayed stamp)."""
+    config = current_app.config
     try:
-        shown_at = float(tokens.read_token("signup-form", stamp or ""))
+        shown_at = float(tokens.read_token("signup-form", stamp or "",
+                                           max_age=config["SIGNUP_STAMP_MAX_AGE"]))
+    except tokens.TokenExpired:
+        return "expired"
     except (tokens.TokenError, TypeError, ValueError, OverflowError):
+        return "bot"
+    if time.time() - shown_at < config["SIGNUP_MIN_SECONDS"]:
+        return "bot"
+    return "ok" if _stamp_use_allowed(stamp or "") else "bot"
+
+
+def _stamp_use_allowed(stamp: str) -> bool:
+    """Count the stamp's uses in the rate limiter's storage (shared by every worker)."""
+    from limits import RateLimitItemPerSecond
+
+    from newsletter.extensions import limiter
+
+    if not limiter.enabled:
         return True
-    return time.time() - shown_at < current_app.config["SIGNUP_MIN_SECONDS"]
+    config = current_app.config
+    item = RateLimitItemPerSecond(config["SIGNUP_STAMP_USES"], config["SIGNUP_STAMP_MAX_AGE"])
+    return limiter.limiter.hit(item, "signup-stamp", hashlib.sha256(stamp.encode()).hexdigest())
 
 
 class SubscribeForm(FlaskForm):

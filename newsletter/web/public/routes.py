@@ -38,8 +38,8 @@ from newsletter.web.public.forms import (
     PreferencesForm,
     RequestLinkForm,
     SubscribeForm,
-    filled_too_fast,
     signup_timestamp,
+    stamp_verdict,
     topic_choices,
 )
 
@@ -229,8 +229,12 @@ def subscribe():
         form = _subscribe_form(SubscribeForm())
         if not form.validate():
             return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
-        if form.website.data or filled_too_fast(form.started.data):
-            log.info("signup dropped as a bot (honeypot or fill time) from %s", client_ip())
+        verdict = stamp_verdict(form.started.data)
+        if verdict == "expired" and not form.website.data:
+            flash(_("The form had been open for a long time. Check your choices and send it again."), "info")
+            return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
+        if form.website.data or verdict != "ok":
+            log.info("signup dropped as a bot (honeypot, fill time or a replayed stamp) from %s", client_ip())
             return _check_inbox()
         subscriptions.request_signup(form.email.data, topics=form.topics.data, language=form.language.data,
                                      source="form", **_request_meta())
@@ -261,7 +265,11 @@ def _subscribe_json():
                                       name=data.get("name") or "")
     except subscriptions.InvalidInput as exc:
         return jsonify(ok=False, error="invalid", field=exc.field, message=_field_message(exc.field)), 400
-    if data.get("website") or filled_too_fast(data.get("started")):
+    verdict = stamp_verdict(data.get("started"))
+    if verdict == "expired" and not data.get("website"):
+        return jsonify(ok=False, error="form_expired", started=signup_timestamp(),
+                       message=_("The form had been open for a long time. Send it again.")), 400
+    if data.get("website") or verdict != "ok":
         log.info("embedded signup dropped as a bot (honeypot or fill time) from %s", client_ip())
         return _check_inbox()
     subscriptions.request_signup(data["email"], topics=topics, language=data.get("language"),
