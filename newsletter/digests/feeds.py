@@ -98,8 +98,15 @@ def ensure_configured_feeds() -> list[Feed]:
 
 
 def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
-    """Poll every feed, each on its own: a broken one is recorded and skipped, never stops the others."""
-    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds()]
+    """Poll every feed, each on its own: a broken one is recorded and skipped, never stops the others
+    (nor the digest after them: this never raises)."""
+    try:
+        feeds = ensure_configured_feeds()
+    except Exception:  # noqa: BLE001 - the digest goes on with the articles it has
+        db.session.rollback()
+        log.exception("the feeds could not be listed: none polled")
+        return []
+    return [fetch_feed(feed, now=now) for feed in feeds]
 
 
 def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float | None = None) -> FetchResult:
