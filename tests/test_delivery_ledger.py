@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from newsletter import delivery
+from newsletter.delivery.bounces import record_send_bounces
 from newsletter.engine.ledger import HOST, process_owner
 from newsletter.engine.prepared import slot
 from newsletter.extensions import db
@@ -210,10 +211,13 @@ def test_a_failed_claim_commits_nothing_and_the_connection_goes_on(app, database
                 assert states() == {"queued": 20, "sending": 10}  # neither the results nor a claim
             more = ledger.claim(conn, digest_id, token, after=ids[-1], size=10, now=utcnow(), backoff=backoff,
                                 done=Results(sent=ids[:5], retry=[(ids[5], 1, "451 later")],
-                                             bounced=[(ids[6], 1, "550 unknown", items[6].recipient)],
+                                             bounced=[(ids[6], 1, "550 unknown")],
                                              untried=ids[7:]))
             assert [item.delivery_id for item in more] == sorted(item.delivery_id for item in more)
             assert len(more) == 10 and states() == {"sent": 5, "bounced": 1, "queued": 14, "sending": 10}
+            # The ledger records the delivery; the bounce rule (delivery.bounces) takes the person off.
+            assert db.session.get(Subscriber, items[6].recipient.id).status == "confirmed"
+            assert record_send_bounces(digest_id) == 1
             assert db.session.get(Subscriber, items[6].recipient.id).status == "bounced"
         finally:
             conn.close()

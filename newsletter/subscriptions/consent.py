@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import current_app
 
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     CONSENT_SOURCES,
@@ -29,3 +30,8 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
     )
     db.session.add(event)
     return event
+
+
+def email_hash(email: str) -> str:
+    """What an erased person leaves in the consent ledger: the SHA-256 of the normalised address."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import current_app
 from sqlalchemy import delete, select
 
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     ConsentEvent,
@@ -13,7 +12,7 @@ from newsletter.models import (
     QueuedEmail,
     Subscriber,
 )
-from newsletter.subscriptions.consent import check_source
+from newsletter.subscriptions.consent import check_source, email_hash
 from newsletter.subscriptions.topics import topic_slugs
 
 

@@ -9,9 +9,9 @@ from flask import Response, jsonify, request
 from sqlalchemy import select
 
 from newsletter import subscriptions
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import client_ip
 from newsletter.models import Subscriber, Topic
+from newsletter.subscriptions.consent import email_hash
 from newsletter.web.api import bp, schemas
 from newsletter.web.api.audit import audit
 from newsletter.web.api.auth import requires_role
