@@ -28,7 +28,8 @@ from sqlalchemy import func, or_, select, update
 from newsletter.engine.clock import utcnow
 from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
-from newsletter.mail.compose import envelope_sender, transport_from_url
+from newsletter.mail.compose import envelope_sender
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import QueuedEmail, Subscriber
 
 log = logging.getLogger(__name__)
