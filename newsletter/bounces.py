@@ -17,6 +17,7 @@ from email.utils import parseaddr
 
 from sqlalchemy import select
 
+from . import send_totals
 from .extensions import db
 from .models import Delivery, Subscriber
 from .subscriptions import InvalidInput, normalise_email, record_event
@@ -81,6 +82,8 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
         subscriber.generation += 1  # confirmation links sent before no longer work
         record_event(subscriber, kind, source=source, detail=detail)
         log.info("subscriber %s %s (was %s)", subscriber.id, subscriber.status, previous)
+        if kind == "complaint":  # the latest send's figure: a counter, no name
+            send_totals.count_for_latest_send(subscriber.id, "complaints")
     elif previous == "unsubscribed" and kind == "bounce":
         record_event(subscriber, kind, source=source, detail=detail)  # status kept, fact recorded
     if kind == "bounce" and permanent:

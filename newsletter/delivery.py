@@ -66,6 +66,7 @@ from pathlib import Path
 from flask import Flask, current_app
 from sqlalchemy import String, cast, func, insert, or_, select, text, update
 
+from . import send_totals
 from .extensions import db
 from .ledger import (  # noqa: F401  (HOST, process_owner: the claim owners, for callers and tests)
     HOST,
@@ -683,7 +684,12 @@ def send_progress(digest_id: int) -> dict:
     ).all()
     progress: dict = {state: 0 for state in PROGRESS_STATES}
     progress.update({state: n for state, n in rows})
-    progress["total"] = sum(n for _, n in rows)
+    # Rows the retention purge rolled up (or an erasure took away) still count.
+    rolled = send_totals.totals([digest_id]).get(digest_id, {})
+    for state in send_totals.ROLLED_STATES:
+        progress[state] += rolled.get(state, 0)
+    progress["total"] = sum(progress[state] for state in PROGRESS_STATES)
+    progress.update({counter: rolled.get(counter, 0) for counter in send_totals.COUNTERS})
     digest = db.session.get(Digest, digest_id)
     if digest is not None:
         db.session.refresh(digest)

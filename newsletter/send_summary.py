@@ -7,7 +7,7 @@ import logging
 from flask import current_app
 from sqlalchemy import func, select
 
-from . import mail, mail_queue
+from . import mail, mail_queue, send_totals
 from .extensions import db
 from .models import Admin, Delivery, Digest, utcnow
 
@@ -19,9 +19,9 @@ REASONS = ("done", "cancelled", "error_storm")
 def summary_context(digest_id: int, reason: str) -> dict:
     digest = db.session.get(Digest, digest_id)
     db.session.refresh(digest)
-    counts = dict(db.session.execute(
+    counts = send_totals.with_rolled_up(digest_id, dict(db.session.execute(
         select(Delivery.state, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.state)
-    ).all())
+    ).all()))
     started = digest.started_at
     end = digest.finished_at or utcnow()
     seconds = int((end - started).total_seconds()) if started else 0

@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from . import mail_queue, tokens
+from . import consent, mail_queue, send_totals, suppression, tokens
 from .extensions import db
 from .ledger import email_hash
 from .mail import prepare_message, render_email, slot, smtp_address
@@ -25,6 +25,7 @@ from .models import (
     CONSENT_SOURCES,
     ConsentEvent,
     Delivery,
+    Digest,
     QueuedEmail,
     Subscriber,
     Topic,
@@ -134,6 +135,8 @@ def _check_source(source: str) -> str:
 def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = "", user_agent: str = "",
                  detail: dict | None = None) -> ConsentEvent:
     """One row of the consent ledger (added to the session, committed by the caller)."""
+    if kind in ("signup", "confirm"):
+        consent.store_wording()  # the proof shows the text agreed to, not only its version
     event = ConsentEvent(
         subscriber_id=subscriber.id, email_hash=email_hash(subscriber.email), kind=kind,
         source=_check_source(source), wording_version=current_app.config["CONSENT_VERSION"],
@@ -195,11 +198,19 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
 
     New: a pending subscriber and a confirmation email. Pending: the choices are
     updated and the confirmation resent, at most once per CONFIRM_RESEND_MINUTES.
-    Confirmed: nothing at all. Unsubscribed or bounced: pending again, and must
-    confirm again (the generation bumped at unsubscribe keeps old links dead).
+    Confirmed: nothing at all. Unsubscribed or erased: pending again, and must
+    confirm again (the generation bumped at unsubscribe keeps old links dead); the
+    confirmation, the person's own, lifts the suppression. Bounced or complained:
+    nothing, until an admin lifts it. Through the API (someone else asking for the
+    person) a suppressed address is refused: Suppressed.
     """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
     _check_source(source)
+    if source == "api":
+        suppression.check_not_suppressed(address)
+    elif suppression.blocks_own_signup(address):
+        db.session.rollback()  # the same answer as any other signup; nothing is sent
+        return
     subscriber = _locked_by_email(address)
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name, language=language, status="pending",
@@ -247,6 +258,7 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
         return subscriber
     subscriber.status = "confirmed"
     subscriber.confirmed_at = utcnow()
+    suppression.lift_on_opt_in(subscriber.email)  # their own double opt-in
     record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
     mail_queue.enqueue("welcome", to=subscriber.email, subscriber_id=subscriber.id)
     db.session.commit()
@@ -262,6 +274,8 @@ def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent
     subscriber.unsubscribed_at = utcnow()
     subscriber.generation += 1
     record_event(subscriber, "unsubscribe", source=source, ip=ip, user_agent=user_agent)
+    if source in ("email", "form"):  # a link of an email: the latest send's figure, no name kept
+        send_totals.count_for_latest_send(subscriber.id, "unsubscribes")
     db.session.commit()
 
 
@@ -296,8 +310,12 @@ def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> No
 
 def add_subscriber(email, *, name: str = "", language: str | None = None, topics=(), confirmed: bool = False,
                    source: str = "admin", detail: dict | None = None) -> Subscriber:
-    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email."""
+    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email.
+
+    Suppressed when the address unsubscribed, bounced, complained or was erased.
+    """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
+    suppression.check_not_suppressed(address)
     if find_subscriber(address) is not None:
         raise SubscriberExists(f"{address} is already on the list")
     now = utcnow()
@@ -340,32 +358,31 @@ def subscriber_profile(subscriber: Subscriber) -> dict:
 
 def subscriber_data(subscriber: Subscriber) -> dict:
     """Everything we hold about the person (GDPR access and portability)."""
-    events = db.session.execute(
-        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id).order_by(ConsentEvent.id)
-    ).scalars()
     deliveries = db.session.execute(
-        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
-    ).scalars()
+        select(Delivery.digest_id, Delivery.state, Delivery.sent_at, Digest.subject_sv, Digest.subject_en)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
+    ).all()
     return {
         **subscriber_profile(subscriber),
-        "consent_events": [
-            {"kind": e.kind, "source": e.source, "time": iso(e.created_at), "wording_version":
-             e.wording_version, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail}
-            for e in events
-        ],
+        # The proof of consent: every ledger event with the full wording agreed to.
+        "consent_events": consent.ledger_with_wordings(subscriber),
         "deliveries": [
-            {"digest": d.digest_id, "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
+            {"digest": d.digest_id, "subject": d.subject_en if subscriber.language == "en" else d.subject_sv,
+             "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
         ],
     }
 
 
 def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
-    """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace."""
+    """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace,
+    the suppression list the keyed hash of the address, the sends their totals."""
     hashed, sid = email_hash(subscriber.email), subscriber.id
+    suppression.suppress([subscriber.email], reason="erased", source=source)
+    send_totals.roll_up_deliveries(Delivery.subscriber_id == sid)
     # Explicit deletes, not ON DELETE CASCADE: SQLite does not enforce foreign keys by default.
     for statement in (
         delete(ConsentEvent).where(ConsentEvent.subscriber_id == sid),
-        delete(Delivery).where(Delivery.subscriber_id == sid),
         delete(QueuedEmail).where(QueuedEmail.subscriber_id == sid),
     ):
         db.session.execute(statement.execution_options(synchronize_session=False))

@@ -11,7 +11,7 @@ from flask_babel import format_decimal
 from flask_babel import gettext as _
 from sqlalchemy import func, select
 
-from .. import audit, delivery, digests
+from .. import audit, delivery, digests, send_totals
 from ..extensions import db
 from ..models import Delivery, Digest
 from . import bp
@@ -76,6 +76,9 @@ def sends():
         ).all()
         for digest_id, state, n in rows:
             counts[digest_id][state] = n
+        for digest_id, rolled in send_totals.totals(list(counts)).items():  # rows the purge rolled up
+            for state in send_totals.ROLLED_STATES:
+                counts[digest_id][state] = counts[digest_id].get(state, 0) + rolled[state]
     return render_template("admin/sends.html", sends=listed, counts=counts, status_label=status_label)
 
 

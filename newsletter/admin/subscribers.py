@@ -14,7 +14,7 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from wtforms import SelectChoice
 
-from .. import audit, subscriptions
+from .. import audit, subscriptions, suppression
 from ..extensions import client_ip, db
 from ..i18n import supported
 from ..models import SUBSCRIBER_STATES, Subscriber
@@ -23,7 +23,7 @@ from ..topics import ensure_topics
 from . import bp
 from .auth import role_required
 from .forms import LANGUAGE_CHOICES, ButtonForm, EraseForm, FilterForm, ImportForm, SubscriberAddForm
-from .labels import subscriber_state
+from .labels import subscriber_state, suppression_label
 
 try:  # written by the subscriptions area (newsletter/imports.py); absent in early builds
     from .. import imports
@@ -119,6 +119,11 @@ def subscribers_new():
                     detail={"note": note, "by": current_user.email, "ip": client_ip()})
             except subscriptions.SubscriberExists:
                 form.email.errors = [*form.email.errors, _("That address is already on the list.")]
+            except suppression.Suppressed as exc:
+                db.session.rollback()
+                form.email.errors = [*form.email.errors, _(
+                    "That address is on the suppression list (%(reason)s): it was left as it is. Only the "
+                    "person's own signup brings it back.", reason=suppression_label(exc.reason))]
             except subscriptions.InvalidInput as exc:
                 _add_error(form, exc)
             else:

@@ -8,8 +8,8 @@ import re
 from flask import Response, jsonify, request
 from sqlalchemy import select
 
-from .. import subscriptions
-from ..extensions import client_ip
+from .. import subscriptions, suppression
+from ..extensions import client_ip, db
 from ..models import Subscriber, Topic
 from . import bp, schemas
 from .audit import audit
@@ -49,6 +49,12 @@ def create_subscriber():
             user_agent=request.user_agent.string or "")
     except subscriptions.InvalidInput as exc:
         raise _invalid_input(exc) from None
+    except suppression.Suppressed as exc:
+        # Someone other than the person asks: an address that opted out stays out (the person's
+        # own signup on the form still works). Named by hash in the audit log, as below.
+        db.session.rollback()
+        raise ApiError(409, "suppressed", f"The address is on the suppression list ({exc.reason}); "
+                       "only the person's own signup can bring it back.", "email") from None
     # Named by the address's hash, never the address: the audit log outlives an erasure.
     audit("api.subscriber.signup",
           "email-sha256:" + subscriptions.email_hash(subscriptions.normalise_email(data["email"]))[:32])

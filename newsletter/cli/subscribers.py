@@ -14,11 +14,11 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import audit, imports, mail_queue, subscriptions
+from .. import audit, imports, mail_queue, subscriptions, suppression
 from ..extensions import db
 from ..models import SUBSCRIBER_STATES, QueuedEmail, Topic
 
-group = AppGroup("subscribers", help="Manage subscribers: add, import, export.")
+group = AppGroup("subscribers", help="Manage subscribers: add, import, export, erase.")
 
 ADD_FLUSH_LIMIT = 20  # `add` sends its confirmation at once unless the queue has a backlog
 
@@ -55,6 +55,10 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
             detail={"command": command, "actor": _operator()})
     except subscriptions.InvalidInput as exc:
         raise click.ClickException(f"cannot add {email.strip()[:100]!r}: {exc.reason}") from exc
+    except suppression.Suppressed as exc:
+        db.session.rollback()
+        raise click.ClickException(f"{exc.address} is suppressed ({exc.reason}): left as it is; only the "
+                                   "person's own signup brings it back") from exc
     except (subscriptions.SubscriberExists, IntegrityError) as exc:
         db.session.rollback()
         raise click.ClickException(f"{email.strip()} is already on the list; nothing changed") from exc
@@ -119,6 +123,29 @@ def import_command(path: Path, confirmed: bool, dry_run: bool, encoding: str | N
         click.echo(f"{mail_queue.flush()} emails sent")
     if report.errors:
         sys.exit(3)
+
+
+@group.command("erase")
+@click.argument("email")
+def erase_command(email: str) -> None:
+    """Erase one person and all their data; the address goes onto the suppression list."""
+    try:
+        address = subscriptions.normalise_email(email)
+    except subscriptions.InvalidInput as exc:
+        raise click.ClickException(f"cannot erase {email.strip()[:100]!r}: {exc.reason}") from exc
+    subscriber = subscriptions.find_subscriber(address)
+    if subscriber is None:
+        # Nothing to delete (never here, or purged already): the request is still honoured for the future.
+        suppression.suppress([address], reason="erased", source="cli")
+        db.session.commit()
+        audit.record("subscriber_erased", "email-hmac:" + suppression.address_hash(address)[:32],
+                     actor=_operator(), found=False)
+        click.echo("not on the list; the address is on the suppression list")
+        return
+    target = f"subscriber:{subscriber.id}"
+    subscriptions.erase_subscriber(subscriber, source="cli")
+    audit.record("subscriber_erased", target, actor=_operator())
+    click.echo(f"{target} erased; the address is on the suppression list")
 
 
 @group.command("export")
