@@ -20,7 +20,8 @@ def _erased(email: str) -> None:
 
 
 def _unsubscribed(email: str) -> None:
-    subscriptions.unsubscribe(subscriptions.add_subscriber(email, confirmed=True, source="cli"), source="form")
+    person = subscriptions.add_subscriber(email, confirmed=True, source="cli")
+    subscriptions.unsubscribe(person, source="form")
 
 
 def test_an_erasure_leaves_a_keyed_hash_and_nothing_else(app):
@@ -53,7 +54,8 @@ def test_cli_import_confirmed_reports_and_leaves_suppressed_addresses(app, runne
         _erased("erased@example.se")
         _unsubscribed("gone@example.se")
     path = tmp_path / "members.csv"
-    path.write_text("email,name\nerased@example.se,E\ngone@example.se,G\nnew@example.se,N\n", encoding="utf-8")
+    path.write_text("email,name\nerased@example.se,E\ngone@example.se,G\nnew@example.se,N\n",
+                    encoding="utf-8")
     result = runner.invoke(args=["subscribers", "import", str(path), "--confirmed"])
     assert result.exit_code == 0, result.output
     assert "members.csv:2: skipped: suppressed (erased): not imported" in result.output
@@ -118,7 +120,8 @@ def test_a_bounce_blocks_even_the_persons_signup_until_an_admin_lifts_it(app, cl
     assert lifted.status_code == 302
     with app.app_context():
         assert subscriber("bounced@example.se").status == "unsubscribed"
-        audit = db.session.execute(select(AuditEvent).where(AuditEvent.action == "suppression_lifted")).scalar_one()
+        audit = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "suppression_lifted")).scalar_one()
         assert audit.detail["reason"] == "bounced" and "bounced@" not in audit.target
     signup(client, "bounced@example.se")
     with app.app_context():
