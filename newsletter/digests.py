@@ -29,7 +29,7 @@ from flask import current_app
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import delivery, mail
+from . import clicks, delivery, mail
 from .extensions import db
 from .mail import PreparedMessage
 from .models import Article, Digest, SchedulerLock, Subscriber, Topic, digest_articles, utcnow
@@ -184,6 +184,7 @@ class DigestRenderer:
     def _article_view(self, article: Article, locale: str) -> dict:
         published = article.published_at.astimezone(self.zone)
         return {
+            "id": article.id,
             "title": article.title,
             "url": article.url,
             "author": article.author,
@@ -217,6 +218,11 @@ class DigestRenderer:
     def _context(self, locale: str, topic_ids: frozenset, *, personal: bool) -> dict:
         """What the digest's templates are given for one variant."""
         sections = self.sections(locale, topic_ids)
+        digest_id = getattr(self.digest, "id", None)
+        if personal and digest_id and clicks.enabled():  # the same counted link for every reader
+            for section in sections:
+                for article in section["articles"]:
+                    article["url"] = clicks.click_url(digest_id, article["id"])
         lead = sections[0]["articles"][0] if sections else None
         count = sum(len(section["articles"]) for section in sections)
         headline = lead["title"] if lead else ""

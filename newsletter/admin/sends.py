@@ -6,7 +6,7 @@ browser changes nothing, and the page picks the progress up again when it is ope
 
 from __future__ import annotations
 
-from flask import flash, jsonify, redirect, render_template, url_for
+from flask import current_app, flash, jsonify, redirect, render_template, url_for
 from flask_babel import format_decimal
 from flask_babel import gettext as _
 from sqlalchemy import func, select
@@ -87,8 +87,10 @@ def sends():
 def sends_detail(digest_id: int):
     """One send: a live progress bar and the pause, resume and cancel buttons."""
     digest = db.get_or_404(Digest, digest_id)
+    clicks = send_totals.clicks(digest_id)
+    shown = clicks if (current_app.config["STATS_CLICKS"] or clicks) else None
     return render_template("admin/send.html", digest=digest, progress=progress_view(digest_id),
-                           status_label=status_label)
+                           status_label=status_label, clicks=shown)
 
 
 @bp.get("/sends/<int:digest_id>/progress.json")

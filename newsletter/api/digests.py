@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy import select
 
-from .. import delivery
+from .. import delivery, send_totals
 from .. import digests as digest_service
 from ..extensions import db
 from ..models import Digest, utcnow
@@ -26,7 +26,9 @@ def _digest_or_404(digest_id: int) -> Digest:
 
 
 def _detail(digest: Digest) -> dict:
-    return {**digest_json(digest), "progress": progress_json(delivery.send_progress(digest.id))}
+    progress = progress_json(delivery.send_progress(digest.id))
+    progress["clicks"] = {str(article_id): n for article_id, n in send_totals.clicks(digest.id).items()}
+    return {**digest_json(digest), "progress": progress}
 
 
 @bp.get("/digests")
