@@ -118,6 +118,7 @@ def run_backend(name: str, url: str, rows: int, batch: int, instance: Path) -> N
             print(f"  RSS before the purge {rss_before / 1024:.0f} MB, peak during it {peak / 1024:.0f} MB "
                   f"(+{(peak - rss_before) / 1024:.1f} MB)")
         # Python's own allocations at most, on a tenth of the rows (tracemalloc is slow).
+        db.session.remove()  # (its open transaction would keep DROP TABLE waiting on PostgreSQL)
         db.drop_all()
         db.create_all()
         fill(rows // 10)
@@ -128,8 +129,8 @@ def run_backend(name: str, url: str, rows: int, batch: int, instance: Path) -> N
         tracemalloc.stop()
         print(f"  tracemalloc: at most {top / 1024 / 1024:.1f} MB allocated by Python while purging "
               f"{small.deliveries:,} rows (batches of {batch:,})")
-        db.drop_all()
         db.session.remove()
+        db.drop_all()
         db.engine.dispose()
 
 
