@@ -12,9 +12,10 @@ from browser_helpers import ARTIFACTS, CHROMIUM, serve
 from conftest import free_port
 from sqlalchemy import select
 
-from newsletter import subscriptions, suppression, tokens
+from newsletter import subscriptions
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, QueuedEmail, Subscriber
+from newsletter.subscriptions import suppression, tokens
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium (see .ci/run)")
 

@@ -8,7 +8,9 @@ import time_machine
 from api_helpers import Api, make_token
 from sqlalchemy import select, text
 
-from newsletter import delivery, retention, subscriptions, suppression
+from newsletter import delivery, subscriptions
+from newsletter import privacy as retention
+from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     ConsentEvent,
@@ -20,6 +22,7 @@ from newsletter.models import (
     Suppression,
     subscriber_topics,
 )
+from newsletter.subscriptions import suppression
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -49,7 +52,7 @@ def person(email: str, *, status: str = "confirmed", ip: str = "192.0.2.7") -> i
 def rows_naming(address: str) -> list[str]:
     """Every table and column where the address (or its plain SHA-256) still appears."""
     found = []
-    needles = (address, subscriptions.email_hash(address))
+    needles = (address, email_hash(address))
     for table in db.metadata.sorted_tables:
         for column in table.columns:
             if not isinstance(column.type, (db.String, db.Text, db.JSON)) and column.name != "detail":

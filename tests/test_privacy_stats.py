@@ -9,9 +9,11 @@ from api_helpers import Api, make_token
 from delivery_helpers import seed
 from sqlalchemy import select
 
-from newsletter import bounces, delivery, subscriptions
+from newsletter import delivery, subscriptions
+from newsletter.delivery import bounces
 from newsletter.extensions import db
 from newsletter.models import ArticleClick, Digest, SendTotal
+from newsletter.subscriptions import tokens
 
 LINK = re.compile(r"https?://[^\s\"'<>]+")
 
@@ -68,9 +70,12 @@ def test_unsubscribes_and_complaints_count_for_the_latest_send(smtp_app, smtp_se
     with smtp_app.app_context():
         digest_id = seed(4)
         assert delivery.send_digest(digest_id)["sent"] == 4
-        subscriptions.unsubscribe(subscriptions.find_subscriber("p1@example.se"), source="email")
+        one_click = tokens.unsubscribe_url(subscriptions.find_subscriber("p1@example.se"))
         # By an admin: not from a link of the send.
         subscriptions.unsubscribe(subscriptions.find_subscriber("p2@example.se"), source="admin")
+        client = smtp_app.test_client()
+        for _ in range(2):  # the second is a repeat: it changes nothing
+            client.post(one_click.split("newsletter.test", 1)[1], data={"List-Unsubscribe": "One-Click"})
         bounces.record_bounce("p3@example.se", kind="complaint", source="webhook")
         bounces.record_bounce("p3@example.se", kind="complaint", source="webhook")  # once is enough
         totals = db.session.get(SendTotal, digest_id)

@@ -9,9 +9,10 @@ from admin_helpers import csrf_token, logged_in
 from sqlalchemy import select
 from subs_helpers import form_fields, signup, subscriber
 
-from newsletter import imports, subscriptions, suppression, tokens
+from newsletter import subscriptions
 from newsletter.extensions import db
 from newsletter.models import AuditEvent, QueuedEmail, Subscriber, Suppression
+from newsletter.subscriptions import imports, suppression, tokens
 
 
 def _erased(email: str) -> None:
@@ -75,7 +76,7 @@ def test_admin_add_and_web_import_refuse_a_suppressed_address(app):
         "csrf_token": csrf_token(admin, "/admin/subscribers/new"), "email": "erased@example.se",
         "language": "sv", "confirmed": "confirmed", "note": "asked at the meeting"})
     assert page.status_code == 400
-    assert "suppression list" in page.get_data(as_text=True)
+    assert "spärrlistan (raderad)" in page.get_data(as_text=True)
     upload = admin.post("/admin/subscribers/import", data={
         "csrf_token": csrf_token(admin, "/admin/subscribers/import"), "confirmed": "y",
         "file": (io.BytesIO(b"email\nerased@example.se\nnew@example.se\n"), "list.csv")},

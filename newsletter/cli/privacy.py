@@ -7,9 +7,12 @@ import json
 import click
 from flask.cli import AppGroup
 
-from .. import audit, consent, retention, subscriptions, suppression
-from ..extensions import db
-from .subscribers import _operator
+from newsletter import privacy as retention
+from newsletter import subscriptions
+from newsletter.admins import audit
+from newsletter.cli.subscribers import _operator
+from newsletter.extensions import db
+from newsletter.subscriptions import consent, suppression
 
 group = AppGroup("privacy", help="Retention, proof of consent and the suppression list.")
 

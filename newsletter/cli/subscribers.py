@@ -14,9 +14,12 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import audit, imports, mail_queue, subscriptions, suppression
-from ..extensions import db
-from ..models import SUBSCRIBER_STATES, QueuedEmail, Topic
+from newsletter import privacy, subscriptions
+from newsletter.admins import audit
+from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import SUBSCRIBER_STATES, QueuedEmail, Topic
+from newsletter.subscriptions import imports, suppression
 
 group = AppGroup("subscribers", help="Manage subscribers: add, import, export, erase.")
 
@@ -143,7 +146,7 @@ def erase_command(email: str) -> None:
         click.echo("not on the list; the address is on the suppression list")
         return
     target = f"subscriber:{subscriber.id}"
-    subscriptions.erase_subscriber(subscriber, source="cli")
+    privacy.erase_person(subscriber, source="cli")
     audit.record("subscriber_erased", target, actor=_operator())
     click.echo(f"{target} erased; the address is on the suppression list")
 
