@@ -31,7 +31,8 @@ from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from config import Config  # noqa: E402
-from newsletter import create_app, delivery, retention  # noqa: E402
+from newsletter import create_app, delivery  # noqa: E402
+from newsletter import privacy as retention  # noqa: E402
 from newsletter.extensions import db  # noqa: E402
 from newsletter.models import Delivery, SendTotal  # noqa: E402
 
