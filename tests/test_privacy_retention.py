@@ -229,3 +229,22 @@ def test_the_scheduler_runs_the_purge_daily(app):
     with app.app_context():
         assert db.session.execute(select(db.func.count()).select_from(Subscriber)).scalar_one() == 0
         assert db.session.execute(select(db.func.count()).select_from(subscriber_topics)).scalar_one() == 0
+
+
+def test_the_admin_privacy_page_shows_the_policy_and_what_the_next_run_removes(app):
+    from admin_helpers import logged_in
+
+    app.config["RETENTION_DELIVERIES_DAYS"] = 45
+    with app.app_context():
+        with time_machine.travel(datetime.now(UTC) - timedelta(days=40), tick=False):
+            person("stale@example.se", status="pending")
+        person("fresh@example.se", status="pending")
+        subscriptions.erase_subscriber(
+            subscriptions.add_subscriber("gone@example.se", confirmed=True, source="cli"), source="admin")
+    admin = logged_in(app, "admin")
+    page = admin.get("/admin/privacy?lang=en").get_data(as_text=True)
+    policy = page.split('id="retention-policy"', 1)[1].split("</table>", 1)[0]
+    assert "30 days" in policy and "365 days" in policy and "45 days" in policy
+    assert "<td>1</td>" in policy and "<td>2</td>" not in policy  # the stale address, not the fresh one
+    assert "erased: 1" in page
+    assert logged_in(app, "editor", "ed@example.org").get("/admin/privacy").status_code == 403
