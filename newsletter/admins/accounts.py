@@ -75,7 +75,7 @@ def create_admin(email: str, password: str, *, role: str = "admin", language: st
     admin = Admin(email=address, password_hash=hash_password(password), role=role,
                   language=language or current_app.config["DEFAULT_LOCALE"], active=True, session_version=0)
     db.session.add(admin)
-    db.session.commit()
+    db.session.flush()
     return admin
 
 
@@ -104,7 +104,7 @@ def authenticate(email: str, password: str) -> Admin | None:
     if hasher.check_needs_rehash(admin.password_hash):  # the cost settings were raised
         admin.password_hash = hasher.hash(password)
     admin.last_login_at = utcnow()
-    db.session.commit()
+    db.session.flush()
     return admin
 
 
@@ -117,7 +117,7 @@ def change_password(admin: Admin, current: str, new: str) -> None:
     check_password_strength(new, admin.email)
     admin.password_hash = hash_password(new)
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def set_active(admin: Admin, active: bool) -> None:
@@ -134,13 +134,13 @@ def set_active(admin: Admin, active: bool) -> None:
     if not active:  # the API tokens this admin made stop with the account
         db.session.execute(update(ApiToken).where(ApiToken.created_by_id == admin.id,
                                                   ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow()))
-    db.session.commit()
+    db.session.flush()
 
 
 def end_sessions(admin: Admin) -> None:
     """Log out: every session of this admin ends on the server (a copied cookie opens nothing)."""
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def list_admins() -> list[Admin]:

@@ -13,8 +13,6 @@ the claims of a process that is gone can be told apart and taken back.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 import socket
@@ -28,10 +26,6 @@ from newsletter.engine.clock import SQLITE_TIME, as_utc, utcnow
 
 OPEN_STATES = ("queued", "sending")  # not finished yet
 
-
-def email_hash(email: str) -> str:
-    """What an erased person leaves in the consent ledger: the SHA-256 of the normalised address."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 # --- claim owners ---------------------------------------------------------------------------
@@ -127,7 +121,7 @@ class Results:
     skipped: list[int] = field(default_factory=list)
     retry: list[tuple[int, int, str]] = field(default_factory=list)  # (id, attempts, reply)
     failed: list[tuple[int, int, str]] = field(default_factory=list)
-    bounced: list[tuple[int, int, str, Recipient]] = field(default_factory=list)
+    bounced: list[tuple[int, int, str]] = field(default_factory=list)  # the person: delivery.bounces
     handed_on: list[int] = field(default_factory=list)  # not for this process (sending.NotHere)
     untried: list[int] = field(default_factory=list)  # claimed, but not sent (a stop, a pause)
 
@@ -233,7 +227,7 @@ class Ledger:
         except BaseException:
             try:
                 conn.rollback()
-            except Exception:  # nosec B110 # closing a broken connection; noqa: BLE001  (a broken connection: the error above matters)
+            except Exception:  # noqa: BLE001  (a broken connection: the error above matters)  # nosec B110
                 pass
             raise
         finally:
@@ -283,7 +277,7 @@ class Ledger:
 
         # The guard after the subquery names no digest_id: with it, SQLite drove the UPDATE by
         # the (digest_id, state, id) index over every queued row, not by the ids chosen.
-        sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"  # nosec B608 # placeholders only; values are bound
+        sql = (f"UPDATE delivery SET claimed_by = ?, state = 'sending', updated_at = ? WHERE id IN"  # nosec B608 # placeholders and constant names only; values are bound
                f" (SELECT id FROM delivery WHERE {due} ORDER BY id LIMIT ?)"
                " AND state = 'queued' AND claimed_by IS NULL RETURNING id")
         args = [token, self._time(now), *params, size]
@@ -301,7 +295,7 @@ class Ledger:
                           done: Results | None, backoff) -> list[Item]:
         done = done or Results()
         back = done.untried + done.handed_on
-        sql = ("WITH"  # nosec B608 # fixed SQL and placeholders; values are bound
+        sql = ("WITH"  # nosec B608 # placeholders and constant names only; values are bound
                f" sent AS (UPDATE delivery SET {_SENT} WHERE id = ANY(?) AND claimed_by = ?),"
                f" skipped AS (UPDATE delivery SET {_SKIPPED} WHERE id = ANY(?) AND claimed_by = ?),"
                f" back AS (UPDATE delivery SET {_BACK} WHERE id = ANY(?) AND claimed_by = ?),"
@@ -328,7 +322,7 @@ class Ledger:
     def _load(self, cursor, taken: list[int], token: str) -> list[Item]:
         ids, id_params = self._in("d.id", taken)
         cursor.execute(self._sql(
-            f"SELECT d.id, d.attempts, {_RECIPIENT_COLUMNS}"  # nosec B608 # column names are constants
+            f"SELECT d.id, d.attempts, {_RECIPIENT_COLUMNS}"  # nosec B608 # placeholders and constant names only; values are bound
             " FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
             f" WHERE {ids} AND d.claimed_by = ? AND d.state = 'sending' ORDER BY d.id"),
             [*id_params, token])
@@ -337,7 +331,7 @@ class Ledger:
             return []
         topics: dict[int, list[int]] = {}
         who, who_params = self._in("subscriber_id", sorted({row[2] for row in rows}))
-        cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),  # nosec B608 # placeholders only
+        cursor.execute(self._sql(f"SELECT subscriber_id, topic_id FROM subscriber_topic WHERE {who}"),  # nosec B608 # placeholders and constant names only; values are bound
                        who_params)
         for subscriber_id, topic_id in cursor.fetchall():
             topics.setdefault(subscriber_id, []).append(topic_id)
@@ -367,7 +361,7 @@ class Ledger:
         def each(ids: Sequence[int], assignments: str, params: Sequence = ()) -> None:
             if ids:
                 clause, values = self._in("id", ids)
-                cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"  # nosec B608 # constant column names
+                cursor.execute(self._sql(f"UPDATE delivery SET {assignments}"  # nosec B608 # placeholders and constant names only; values are bound
                                          f" WHERE {clause} AND claimed_by = ?"), [*params, *values, token])
 
         each(results.sent, _SENT, [now, now])
@@ -380,24 +374,11 @@ class Ledger:
         for delivery_id, attempts, reply in results.failed:
             each([delivery_id], "state = 'failed', claimed_by = NULL, attempts = ?, last_reply = ?,"
                  " updated_at = ?", [attempts, reply, now])
-        for delivery_id, attempts, reply, recipient in results.bounced:
+        for delivery_id, attempts, reply in results.bounced:
             each([delivery_id], "state = 'bounced', claimed_by = NULL, attempts = ?, last_reply = ?,"
                  " updated_at = ?", [attempts, reply, now])
-            self._mark_bounced(cursor, recipient, reply, digest_id, now)
         # Not tried (a stop, a pause) or not for this process: back to the queue, never sent.
         each(results.untried + results.handed_on, _BACK, [now])
-
-    def _mark_bounced(self, cursor, recipient: Recipient, reply: str, digest_id: int, now) -> None:
-        """A 5xx: the address is bounced for good, with a consent-ledger event."""
-        cursor.execute(self._sql("UPDATE subscriber SET status = 'bounced'"
-                                 " WHERE id = ? AND status IN ('confirmed', 'pending')"), [recipient.id])
-        if cursor.rowcount:
-            detail = json.dumps({"reply": reply, "digest_id": digest_id})
-            cursor.execute(self._sql(
-                "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"  # nosec B608 # placeholders only
-                f" user_agent, detail, created_at) VALUES (?, ?, 'bounce', 'system', '', '', '', "
-                f"{'CAST(? AS JSON)' if self.postgresql else '?'}, ?)"),
-                [recipient.id, email_hash(recipient.email), detail, now])
 
     # the send's state
 
@@ -416,7 +397,7 @@ class Ledger:
                                  set(exclude))
 
         def read(cursor):
-            cursor.execute(self._sql(f"SELECT count(*), min(next_attempt_at), count(claimed_by)"  # nosec B608 # placeholders only
+            cursor.execute(self._sql(f"SELECT count(*), min(next_attempt_at), count(claimed_by)"  # nosec B608 # placeholders and constant names only; values are bound
                                      f" FROM delivery WHERE {sql}"), params)
             left, next_at, claimed = cursor.fetchone()
             return left, self._read_time(next_at), claimed

@@ -22,7 +22,7 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from newsletter.subscriptions import tokens
+from newsletter.subscriptions import suppression, tokens
 from newsletter.subscriptions.consent import check_source, record_event
 from newsletter.subscriptions.validation import (
     InvalidInput,
@@ -112,8 +112,11 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
 
     New: a pending subscriber and a confirmation email. Pending: the choices are
     updated and the confirmation resent, at most once per CONFIRM_RESEND_MINUTES.
-    Confirmed: nothing at all. Unsubscribed or bounced: pending again, and must
-    confirm again (the generation bumped at unsubscribe keeps old links dead).
+    Confirmed: nothing at all. Unsubscribed or erased: pending again, and must
+    confirm again (the generation bumped at unsubscribe keeps old links dead); the
+    confirmation, the person's own, lifts the suppression. Bounced or complained:
+    nothing, until an admin lifts it. Through the API (someone else asking for the
+    person) a suppressed address is refused: Suppressed.
 
     A new signup for a pending address changes nothing that was chosen: its choices are kept in
     its own signup event, and the confirmation link names the signup it was sent for, so the
@@ -121,6 +124,11 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
     check_source(source)
+    if source == "api":
+        suppression.check_not_suppressed(address)
+    elif suppression.blocks_own_signup(address):
+        db.session.rollback()  # the same answer as any other signup; nothing is sent
+        return
     subscriber = _locked_by_email(address)
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name, language=language, status="pending",
@@ -134,8 +142,7 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
             if subscriber is None:
                 raise
     if subscriber.status == "confirmed":
-        db.session.rollback()  # nothing changes, nothing is sent, nothing is told
-        return
+        return  # nothing changes, nothing is sent, nothing is told
     if subscriber.status != "pending" or subscriber.confirmation_sent_at is None:
         # A new subscription (or one that never got its email): these choices are the ones
         # shown until a confirmation applies those of its own signup.
@@ -150,8 +157,7 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     event.created_at = now
     if _resend_due(subscriber):
         _queue_confirmation(subscriber, now)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
 
 
 def subscriber_for_confirm(token: str) -> Subscriber:
@@ -173,10 +179,10 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
     _apply_signup_choices(subscriber, tokens.read_confirm_token(token).signup_event)
     subscriber.status = "confirmed"
     subscriber.confirmed_at = utcnow()
+    suppression.lift_on_opt_in(subscriber.email)  # their own double opt-in
     record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
     mail_queue.enqueue("welcome", to=subscriber.email, subscriber_id=subscriber.id)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
     return subscriber
 
 
@@ -195,15 +201,17 @@ def _apply_signup_choices(subscriber: Subscriber, event_id: int | None) -> None:
         return
 
 
-def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> None:
-    """End the subscription (idempotent); confirmation links sent before stop working."""
+def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> bool:
+    """End the subscription (idempotent: False if it had ended); confirmation links sent before
+    stop working."""
     if subscriber.status == "unsubscribed":
-        return
+        return False
     subscriber.status = "unsubscribed"
     subscriber.unsubscribed_at = utcnow()
     subscriber.generation += 1
     record_event(subscriber, "unsubscribe", source=source, ip=ip, user_agent=user_agent)
-    db.session.commit()
+    db.session.flush()
+    return True
 
 
 def update_preferences(subscriber: Subscriber, *, topics, language, source: str = "form", ip: str = "",
@@ -213,7 +221,7 @@ def update_preferences(subscriber: Subscriber, *, topics, language, source: str 
     subscriber.topics, subscriber.language = chosen, language
     record_event(subscriber, "preferences", source=source, ip=ip, user_agent=user_agent,
                  detail={"topics": [t.slug for t in chosen], "language": language})
-    db.session.commit()
+    db.session.flush()
 
 
 def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> None:
@@ -231,14 +239,17 @@ def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> No
     if recent:
         return
     mail_queue.enqueue("preferences_link", to=subscriber.email, subscriber_id=subscriber.id)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
 
 
 def add_subscriber(email, *, name: str = "", language: str | None = None, topics=(), confirmed: bool = False,
                    source: str = "admin", detail: dict | None = None) -> Subscriber:
-    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email."""
+    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email.
+
+    Suppressed when the address unsubscribed, bounced, complained or was erased.
+    """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
+    suppression.check_not_suppressed(address)
     if find_subscriber(address) is not None:
         raise SubscriberExists(f"{address} is already on the list")
     now = utcnow()
@@ -251,6 +262,5 @@ def add_subscriber(email, *, name: str = "", language: str | None = None, topics
                  detail={"confirmed": confirmed, **(detail or {})})
     if not confirmed:
         _queue_confirmation(subscriber)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
     return subscriber
