@@ -6,6 +6,7 @@ import calendar
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 from flask import current_app
 from sqlalchemy import select
@@ -173,7 +174,11 @@ def _poll(feed: Feed, result: FetchResult, now: datetime, timeout: float | None)
         return
     if response.status >= 400:  # worded like requests' HTTPError, which editors' messages rely on
         kind = "Client" if response.status < 500 else "Server"
-        raise feed_http.FetchError(f"HTTPError: {response.status} {kind} Error: for url: {feed.url}")
+        try:
+            reason = HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = "Unknown"
+        raise feed_http.FetchError(f"HTTPError: {response.status} {kind} Error: {reason} for url: {feed.url}")
     if response.status != 200:
         raise feed_http.FetchError(f"unexpected HTTP status {response.status}")
     parsed = feedparser.parse(response.content, response_headers=response.headers)
