@@ -76,7 +76,7 @@ from .ledger import (  # noqa: F401  (HOST, process_owner: the claim owners, for
     process_owner,
 )
 from .links import PersonalLinks
-from .mail import envelope_sender, transport_from_url
+from .mail import envelope_sender, transport_from_url, verp_signer
 from .models import Delivery, Digest, Subscriber, subscriber_topics, utcnow
 from .sending import (  # noqa: F401  (the send's settings, kept where callers look)
     Hooks,
@@ -402,7 +402,7 @@ def app_ledger() -> Ledger:
 def _send_job(digest_id: int, settings: SendSettings, connections: int, rate: float,
               id_range: tuple[int, int] | None = None) -> SendJob:
     return SendJob(digest_id=digest_id, settings=settings, connections=connections, sender=envelope_sender(),
-                   links=personal_links(), rate=rate, id_range=id_range)
+                   links=personal_links(), rate=rate, id_range=id_range, verp=verp_signer())
 
 
 def _sender(app: Flask, job: SendJob, message_for: MessageFactory) -> Sender:
