@@ -106,7 +106,8 @@ service anvil {{
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([shutil.which("dovecot"), "-F", "-c", str(self.directory / "dovecot.conf")],
+        config = str(self.directory / "dovecot.conf")
+        self.process = subprocess.Popen([shutil.which("dovecot"), "-F", "-c", config],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -115,7 +116,8 @@ service anvil {{
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"dovecot did not start: {self.process.stderr.read().decode()}") from None
+                    error = self.process.stderr.read().decode()
+                    raise RuntimeError(f"dovecot did not start: {error}") from None
                 time.sleep(0.05)
         raise RuntimeError("dovecot did not start listening")
 
@@ -146,7 +148,8 @@ service anvil {{
         """Put a message into the user's INBOX (IMAP APPEND), as an MTA would have."""
         conn = self.imap(user)
         try:
-            status, data = conn.append("INBOX", None, None, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+            data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            status, data = conn.append("INBOX", None, None, data)
             assert status == "OK", data
         finally:
             conn.logout()

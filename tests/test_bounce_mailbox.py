@@ -21,13 +21,25 @@ from newsletter import delivery, scheduler
 from newsletter.extensions import db
 from newsletter.inbound import poll
 from newsletter.inbound.mailbox import MailboxError
-from newsletter.models import Article, AuditEvent, ConsentEvent, Delivery, Digest, Subscriber, digest_articles, utcnow
+from newsletter.models import (
+    Article,
+    AuditEvent,
+    ConsentEvent,
+    Delivery,
+    Digest,
+    Subscriber,
+    digest_articles,
+    utcnow,
+)
 
 BOUNCES = "bounces@lists.norrsken.example"
 MAILTO = "avregistrera@norrsken.example"
 
-pytestmark = pytest.mark.skipif(shutil.which("dovecot") is None,
-                                reason="Dovecot is not installed (.ci/run installs dovecot-imapd)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dovecot") is None,
+                       reason="Dovecot is not installed (.ci/run installs dovecot-imapd)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +105,8 @@ def message_id(raw: bytes) -> str:
 
 def notes(app) -> list[AuditEvent]:
     with app.app_context():
-        rows = list(db.session.execute(select(AuditEvent).where(AuditEvent.action == poll.NOTE_ACTION)).scalars())
+        query = select(AuditEvent).where(AuditEvent.action == poll.NOTE_ACTION)
+        rows = list(db.session.execute(query).scalars())
         db.session.expunge_all()
         return rows
 
@@ -103,7 +116,7 @@ def test_each_message_leaves_with_its_own_signed_envelope_sender(sent):
     senders = {address: mail_from for address, (mail_from, _) in received.items()}
     assert len(set(senders.values())) == 4
     with app.app_context():
-        from newsletter.mail import verp_signer
+        from newsletter.mail.compose import verp_signer
 
         signer = verp_signer()
         for address, mail_from in senders.items():
@@ -294,6 +307,7 @@ def _another_digest() -> int:
                     compiled_for=now)
     db.session.add(digest)
     db.session.flush()
-    db.session.execute(insert(digest_articles), [{"digest_id": digest.id, "article_id": article.id, "position": 0}])
+    db.session.execute(insert(digest_articles),
+                       [{"digest_id": digest.id, "article_id": article.id, "position": 0}])
     db.session.commit()
     return digest.id

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from ..inbound import poll
-from ..inbound.mailbox import MailboxError
+from newsletter.inbound import poll
+from newsletter.inbound.mailbox import MailboxError
 
 group = AppGroup("bounces", help="Bounces, complaints and mailto unsubscribes that come back by mail.")
 

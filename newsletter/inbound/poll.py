@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import select
 
-from .. import audit, bounces, subscriptions, tokens
-from ..extensions import db
-from ..mail import verp_signer
-from ..models import AuditEvent, Subscriber
-from .mailbox import MailboxError, open_mailbox
-from .reports import InboundMessage, read_message
+from newsletter.admins import audit
+from newsletter.delivery import bounces
+from newsletter.extensions import db
+from newsletter.inbound.mailbox import MailboxError, open_mailbox
+from newsletter.inbound.reports import InboundMessage, read_message
+from newsletter.mail.compose import verp_signer
+from newsletter.models import AuditEvent, Subscriber
+from newsletter.subscriptions import tokens
+from newsletter.subscriptions.signup import unsubscribe
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def _unsubscribe(read: InboundMessage) -> Outcome | None:
     subscriber = _token_subscriber(word for word in words if word)
     if subscriber is None:
         return None
-    subscriptions.unsubscribe(subscriber, source="email")  # commits; nothing if done before
+    unsubscribe(subscriber, source="email")  # commits; nothing if done before
     return Outcome("unsubscribe")
 
 
