@@ -202,3 +202,16 @@ def test_dkim_key_as_pem_text_and_bad_settings(make_app, dkim_key):
     for bad in ("/nonexistent/dkim.pem", not_a_key):  # the app does not start
         with pytest.raises(ValueError, match="DKIM_PRIVATE_KEY"):
             make_app(DKIM_SELECTOR=SELECTOR, DKIM_PRIVATE_KEY=bad)
+
+
+def test_the_mailto_subject_ends_with_the_readers_token(app):
+    values = {"to": "lasare@example.se", "unsubscribe_url": f"{PUBLIC_URL}/unsubscribe/TOKEN",
+              "unsubscribe_token": "TOKEN", "preferences_url": f"{PUBLIC_URL}/preferences/P"}
+    with app.app_context():
+        for configured, tail in ((MAILTO, "?subject=unsubscribe%20TOKEN"),
+                                 (f"mailto:{MAILTO}?subject=stop", "?subject=stop%20TOKEN"),
+                                 (f"mailto:{MAILTO}?body=hej", "?body=hej&subject=unsubscribe%20TOKEN")):
+            app.config["UNSUBSCRIBE_MAILTO"] = configured
+            prepared = mail.prepare_message(subject="Hej", text="Hej", html="<p>Hej</p>", bulk=True)
+            header = message_from_bytes(prepared.render(values), policy=policy.default)["List-Unsubscribe"]
+            assert str(header) == f"<{PUBLIC_URL}/unsubscribe/TOKEN>, <mailto:{MAILTO}{tail}>"
