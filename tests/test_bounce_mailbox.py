@@ -13,6 +13,7 @@ from email import message_from_bytes, policy
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from admin_helpers import logged_in
 from delivery_helpers import ledger, seed
 from inbound_helpers import Dovecot, sample
 from sqlalchemy import func, insert, select
@@ -234,6 +235,13 @@ def test_what_cannot_be_read_is_left_with_one_note_and_a_second_poll_finds_nothi
     assert len(notes(app)) == 1
     assert events(app, "p1@example.se") == events_before
     assert len(dovecot.inbox(mailbox_user)) == 1
+
+    # The dashboard says so, and the audit log shows the note.
+    client = logged_in(app)
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "1 meddelande i studsbrevlådan gick inte att läsa" in page  # the admin's language: Swedish
+    audit_page = client.get("/admin/audit?action=bounce_mailbox.unreadable").get_data(as_text=True)
+    assert "Re: your mail" in audit_page
 
 
 def test_a_report_handled_twice_is_recorded_once(sent, dovecot, mailbox_user):

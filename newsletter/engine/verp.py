@@ -1,25 +1,27 @@
 """VERP: an envelope sender of its own for each message, so a bounce names its recipient.
 
 With BOUNCE_ADDRESS=bounces@example.se the digest to subscriber 1234 of send 56 leaves
-with `MAIL FROM:<bounces+38.4d2.k4xq...@example.se>`: the send and the subscriber in hex
-and a signature, no address in clear. A delivery status notification goes back to that
-address, so even a DSN whose report part is mangled or missing names the send and the
-subscriber; the signature keeps anyone from bouncing someone else off the list.
+with `MAIL FROM:<bounces+38.4d2.9f0c2a7be14d3c55@example.se>`: the send and the subscriber
+in hex and a 64-bit signature (keyed BLAKE2b), no address in clear. A delivery status
+notification goes back to that address, so even a DSN whose report part is mangled or
+missing names the send and the subscriber; the signature keeps anyone from bouncing
+someone else off the list.
 
-No Flask here: the send loop signs one sender per message (one HMAC, a microsecond or two).
+No Flask here: the send loop signs one sender per message: one keyed BLAKE2b of a copied
+state and a hex digest, C calls of about half a microsecond (an HMAC-SHA256 with base32 cost
+four times that).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
 from typing import NamedTuple
 
-SIGNATURE_BYTES = 10  # 80 bits, 16 base32 characters
+SIGNATURE_BYTES = 8  # 64 bits, 16 hex characters
 NO_SEND = 0  # the send number of mail that belongs to no send (a welcome)
-_TOKEN = re.compile(r"^([0-9a-f]{1,12})\.([0-9a-f]{1,12})\.([a-z2-7]{16})$")
+_TOKEN = re.compile(r"^([0-9a-f]{1,12})\.([0-9a-f]{1,12})\.([0-9a-f]{16})$")
 
 
 class VerpToken(NamedTuple):
@@ -39,14 +41,16 @@ class VerpSigner:
         self.secret_key = secret_key
         self.local = local
         self.domain = domain.lower()
-        self._key = hashlib.sha256(b"newsletter.verp\0" + secret_key.encode()).digest()
+        key = hashlib.sha256(b"newsletter.verp\0" + secret_key.encode()).digest()
+        self._state = hashlib.blake2b(key=key, digest_size=SIGNATURE_BYTES)  # copied per signature
 
     def __reduce__(self):  # a send worker gets the settings and derives the key itself
         return VerpSigner, (self.bounce_address, self.secret_key)
 
     def _signature(self, body: str) -> str:
-        digest = hmac.digest(self._key, body.encode("ascii"), "sha256")[:SIGNATURE_BYTES]
-        return base64.b32encode(digest).decode("ascii").lower()
+        state = self._state.copy()
+        state.update(body.encode("ascii"))
+        return state.hexdigest()
 
     def sender(self, send_id: int, subscriber_id: int) -> str:
         """The envelope sender of one message: local+<send>.<subscriber>.<signature>@domain."""
@@ -57,13 +61,13 @@ class VerpSigner:
         """A function subscriber id -> envelope sender for one send (its prefix made once)."""
         prefix = f"{send_id:x}."
         head, tail = f"{self.local}+", f"@{self.domain}"
-        key, size = self._key, SIGNATURE_BYTES
-        b32, digest = base64.b32encode, hmac.digest
+        copy = self._state.copy
 
         def sender(subscriber_id: int) -> str:
             body = f"{prefix}{subscriber_id:x}"
-            signature = b32(digest(key, body.encode("ascii"), "sha256")[:size]).decode("ascii").lower()
-            return f"{head}{body}.{signature}{tail}"
+            state = copy()
+            state.update(body.encode("ascii"))
+            return f"{head}{body}.{state.hexdigest()}{tail}"
 
         return sender
 

@@ -21,12 +21,14 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from newsletter.admins import audit
 from newsletter.delivery import bounces
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.inbound.mailbox import MailboxError, open_mailbox
 from newsletter.inbound.reports import InboundMessage, read_message
@@ -194,3 +196,10 @@ def note_unreadable(raw: bytes, reason: str) -> bool:
                  sender=sender[:200], message_id=message_id[:200])
     log.warning("bounce mailbox: left a message I cannot read (%s): %s", reason, subject[:80])
     return True
+
+
+def recent_notes(days: int = 7) -> int:
+    """How many messages were left unread in the mailbox in the last `days` (for the dashboard)."""
+    since = utcnow() - timedelta(days=days)
+    return db.session.execute(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == NOTE_ACTION, AuditEvent.created_at >= since)).scalar_one()
