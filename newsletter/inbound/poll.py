@@ -80,8 +80,8 @@ def handle_message(raw: bytes) -> Outcome:
     """Record what one message of the mailbox says; its outcome. Commits."""
     try:
         read = read_message(raw)
-    except ValueError as exc:
-        return Outcome("unreadable", f"not a message: {exc}")
+    except Exception as exc:  # noqa: BLE001  (one strange message must not stop every poll)
+        return Outcome("unreadable", f"cannot be parsed: {exc}"[:300])
     if read.kind == "complaint":
         return _complaint(read)
     if read.kind == "bounce":
@@ -190,7 +190,7 @@ def note_unreadable(raw: bytes, reason: str) -> bool:
     try:
         read = read_message(raw)
         subject, sender, message_id = read.subject, read.sender, read.message_id
-    except ValueError:
+    except Exception:  # noqa: BLE001
         subject = sender = message_id = ""
     audit.record(NOTE_ACTION, target, actor=NOTE_ACTOR, reason=reason, subject=subject[:200],
                  sender=sender[:200], message_id=message_id[:200])
