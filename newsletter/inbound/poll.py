@@ -65,10 +65,13 @@ def poll_mailbox(url: str | None = None) -> dict[str, int]:
         for message in box.messages():
             outcome = handle_message(message.raw)
             counts[outcome.action] += 1
+            if not outcome.handled:
+                note_unreadable(message.raw, outcome.reason)
+            # Each message is its own unit of work: what it says is committed before the
+            # message is deleted, so a poll that dies half-way loses nothing.
+            db.session.commit()
             if outcome.handled:
                 box.delete(message.key)
-            else:
-                note_unreadable(message.raw, outcome.reason)
     finally:
         box.close()
     if any(counts.values()):
@@ -77,7 +80,7 @@ def poll_mailbox(url: str | None = None) -> dict[str, int]:
 
 
 def handle_message(raw: bytes) -> Outcome:
-    """Record what one message of the mailbox says; its outcome. Commits."""
+    """Record what one message of the mailbox says (flushed, for the caller to commit); its outcome."""
     try:
         read = read_message(raw)
     except Exception as exc:  # noqa: BLE001  (one strange message must not stop every poll)
@@ -137,7 +140,7 @@ def _unsubscribe(read: InboundMessage) -> Outcome | None:
     subscriber = _token_subscriber(word for word in words if word)
     if subscriber is None:
         return None
-    unsubscribe(subscriber, source="email")  # commits; nothing if done before
+    unsubscribe(subscriber, source="email")  # nothing if done before
     return Outcome("unsubscribe")
 
 
@@ -185,7 +188,6 @@ def note_unreadable(raw: bytes, reason: str) -> bool:
     seen = db.session.execute(select(AuditEvent.id).where(AuditEvent.action == NOTE_ACTION,
                                                           AuditEvent.target == target).limit(1)).first()
     if seen is not None:
-        db.session.rollback()
         return False
     try:
         read = read_message(raw)
