@@ -77,7 +77,8 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
     if subscriber is None:
         log.info("%s for an address not on the list", kind)
         return None
-    apply_bounce(subscriber, kind=kind, permanent=permanent, source=source, detail=detail, digest_id=digest_id)
+    apply_bounce(subscriber, kind=kind, permanent=permanent, source=source, detail=detail,
+                 digest_id=digest_id)
     if commit:
         db.session.commit()
     return subscriber

@@ -23,6 +23,7 @@ import secrets
 from email.header import Header
 from email.utils import formataddr, parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import css_inline
 from flask import current_app, render_template
