@@ -11,7 +11,7 @@ from subs_helpers import form_fields, signup, subscriber
 
 from newsletter import subscriptions
 from newsletter.extensions import db
-from newsletter.models import AuditEvent, QueuedEmail, Subscriber, Suppression
+from newsletter.models import AuditEvent, ConsentEvent, QueuedEmail, Subscriber, Suppression
 from newsletter.subscriptions import imports, suppression, tokens
 
 
@@ -31,6 +31,9 @@ def test_an_erasure_leaves_a_keyed_hash_and_nothing_else(app):
         [entry] = db.session.execute(select(Suppression)).scalars()
         assert entry.reason == "erased" and "erik" not in entry.address_hash
         assert entry.address_hash == suppression.address_hash("erik.ek@example.se")
+        # The ledger's trace says an erasure happened, and nothing about whose.
+        [trace] = db.session.execute(select(ConsentEvent)).scalars()
+        assert (trace.kind, trace.subscriber_id, trace.email_hash, trace.ip) == ("erase", None, "", "")
         # A keyed hash: another SECRET_KEY gives another value (a list of addresses cannot be tried).
         app.config["SECRET_KEY"] = "another key"
         assert suppression.address_hash("erik.ek@example.se") != entry.address_hash
