@@ -176,3 +176,16 @@ def test_cli_erase_erases_and_suppresses(app, runner):
         assert subscriber("erik@example.se") is None
         assert suppression.suppressed(["erik@example.se", "never.here@example.se"]) == {
             "erik@example.se": "erased", "never.here@example.se": "erased"}
+
+
+def test_an_import_does_not_confirm_a_new_signup_after_an_erasure(app, client, runner, tmp_path):
+    with app.app_context():
+        _erased("back@example.se")
+    signup(client, "back@example.se")  # their own new signup: pending until they confirm
+    path = tmp_path / "list.csv"
+    path.write_text("email\nback@example.se\n", encoding="utf-8")
+    result = runner.invoke(args=["subscribers", "import", str(path), "--confirmed"])
+    assert result.exit_code == 0, result.output
+    assert "suppressed (erased): left pending until the person confirms" in result.output
+    with app.app_context():
+        assert subscriber("back@example.se").status == "pending"
