@@ -75,4 +75,4 @@ def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
     db.session.add(ConsentEvent(subscriber_id=None, email_hash="", kind="erase",
                                 source=check_source(source),
                                 wording_version=current_app.config["CONSENT_VERSION"]))
-    db.session.commit()
+    db.session.flush()
