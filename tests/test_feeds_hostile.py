@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 from admin_helpers import logged_in, post_form
-from digest_support import NOW, subscriber
+from digest_helpers import NOW, subscriber
 from hostile_http import Answer, HostileServer, item, rss
 from sqlalchemy import select
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 from admin_helpers import logged_in, post_form
-from digest_support import NOW
+from digest_helpers import NOW
 from hostile_http import Answer, HostileServer, item, rss
 from sqlalchemy import func, select
 
