@@ -9,11 +9,12 @@ from flask import current_app
 from sqlalchemy import select
 
 from newsletter import delivery
+from newsletter.delivery.audience import variant_counts
 from newsletter.digests.drafts import coming_digest, prepare_digest
 from newsletter.digests.render import DigestRenderer
 from newsletter.extensions import db
 from newsletter.leases import send_lease
-from newsletter.models import Digest, Subscriber
+from newsletter.models import Digest
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +25,13 @@ def plan_send(now: datetime | None = None) -> dict | None:
     if digest is None:
         return None
     renderer = DigestRenderer(digest)
-    recipients = variants = 0
-    seen: set = set()
-    confirmed = select(Subscriber).where(Subscriber.status == "confirmed")
-    for subscriber in db.session.execute(confirmed).scalars():
-        key = renderer.variant(subscriber)
-        if key is not None:
-            recipients += 1
-            if key not in seen:
-                seen.add(key)
-                variants += 1
+    counts = variant_counts(renderer.rule)
+    counts.pop(None, None)  # those who get nothing this time
     return {
         "articles": digest.articles,
         "subject": renderer.subject(current_app.config["DEFAULT_LOCALE"]),
-        "recipients": recipients,
-        "variants": variants,
+        "recipients": sum(counts.values()),
+        "variants": len(counts),
     }
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, select
 
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, Delivery, Subscriber, Topic, subscriber_topics
+from newsletter.models import ConsentEvent, Delivery, Subscriber
+from newsletter.subscriptions.topics import follows_topic
 
 MAX_QUERY = 320
 
@@ -36,12 +37,7 @@ class SubscriberFilter:
         if self.language:
             query = query.where(Subscriber.language == self.language)
         if self.topic:
-            # Who receives this topic: those who chose it, and those who chose none (= all topics).
-            # IN / NOT IN over the link table are hashed once (not a subquery per row).
-            links = subscriber_topics.c
-            topic_id = select(Topic.id).where(Topic.slug == self.topic).scalar_subquery()
-            chose = Subscriber.id.in_(select(links.subscriber_id).where(links.topic_id == topic_id))
-            query = query.where(or_(chose, Subscriber.id.notin_(select(links.subscriber_id))))
+            query = query.where(follows_topic(self.topic))
         return query
 
     def args(self) -> dict[str, str]:
