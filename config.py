@@ -104,6 +104,8 @@ class Config:
     # Celery (BROKER_URL): a batch a dead worker took is delivered again after this (Redis).
     CELERY_VISIBILITY_TIMEOUT: int = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
     CELERY_QUEUE: str = _env("CELERY_QUEUE", "newsletter")  # workers: celery … worker -Q <this>
+    # `digest send` with BROKER_URL: fail when no worker has started the send within this.
+    SEND_PICKUP_SECONDS: float = _float("SEND_PICKUP_SECONDS", 120)
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")

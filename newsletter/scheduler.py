@@ -193,6 +193,8 @@ def housekeeping_job(app: Flask) -> None:
             mail_queue = None
         if mail_queue is not None and hasattr(mail_queue, "flush"):
             mail_queue.flush()
+        if delivery.workers_send():
+            return  # the Celery workers own every send: a worker that starts resumes unfinished ones
         with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return

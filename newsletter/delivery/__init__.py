@@ -37,9 +37,12 @@ from newsletter.delivery.recovery import (
     resume_interrupted,
 )
 from newsletter.delivery.runs import (
+    NotPickedUp,
     finish_interrupted_sends,
     plan_send,
     send_now,
+    wait_for_workers,
+    workers_send,
 )
 from newsletter.delivery.sample import (
     send_test,
@@ -57,6 +60,7 @@ from newsletter.delivery.workers import (
 
 __all__ = [
     "InvalidPayload",
+    "NotPickedUp",
     "PIN_CHUNK",
     "PIN_FIRST",
     "app_ledger",
@@ -85,5 +89,7 @@ __all__ = [
     "start_send",
     "stop_all_sends",
     "wait_for_sends",
+    "wait_for_workers",
     "worker_jobs",
+    "workers_send",
 ]
