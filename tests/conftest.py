@@ -212,7 +212,7 @@ def body_text(message: EmailMessage, subtype: str = "plain") -> str:
     return part.get_content().replace("\r\n", "\n")
 
 
-# --- issue 2 (subscriptions) ------------------------------------------------------
+# --- subscriptions ------------------------------------------------------
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def make_app(app_config):
             db.engine.dispose()
 
 
-# --- issue 3: a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
+# --- a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
 
 
 class FeedServer:
