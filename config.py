@@ -108,6 +108,9 @@ class Config:
     SEND_PICKUP_SECONDS: float = _float("SEND_PICKUP_SECONDS", 120)
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
+    # A second signature, ed25519-sha256 (RFC 8463), beside the RSA one: both or neither.
+    DKIM_ED25519_SELECTOR: str = _env("DKIM_ED25519_SELECTOR")
+    DKIM_ED25519_PRIVATE_KEY: str = _env("DKIM_ED25519_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
     # --- bounces, complaints and DKIM ---
     DKIM_DOMAIN: str = _env("DKIM_DOMAIN")  # d= of the signature; default: the domain of MAIL_FROM

@@ -60,11 +60,10 @@ def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "new
 
 
 def _forget_connections() -> None:
-    """Drop the pooled broker connections and producers: they still go to the broker configured
-    before (Celery's own reset after a fork does the same)."""
-    if celery._pool is not None:
-        celery._pool.force_close_all()
-        celery._pool = None
+    """Forget the pooled broker connections and producers: they still go to the broker configured
+    before (Celery's own reset after a fork does the same). Not closed: kombu keeps producer pools
+    per broker URL, and a later switch back to that broker finds them again."""
+    celery._pool = None
     amqp = celery.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
