@@ -145,6 +145,8 @@ class Config:
     ADMIN_LOGIN_RATE_PER_ADDRESS: str = _env("ADMIN_LOGIN_RATE_PER_ADDRESS", "10 per hour")
     ADMIN_SETUP_TOKEN_MAX_AGE: int = _int("ADMIN_SETUP_TOKEN_MAX_AGE", 24 * 3600)  # seconds
     ADMIN_PAGE_SIZE: int = _int("ADMIN_PAGE_SIZE", 50)
+    # The admin list counts exactly up to this many matches; beyond, it shows an estimate.
+    ADMIN_COUNT_EXACT_LIMIT: int = _int("ADMIN_COUNT_EXACT_LIMIT", 10000)
     # argon2id cost of admin password hashes (argon2-cffi's defaults: RFC 9106 low-memory).
     ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB

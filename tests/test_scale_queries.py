@@ -132,3 +132,22 @@ def test_the_send_audience_is_counted_in_sql_as_the_sender_would_pick_it(app):
                 counted = variant_counts(rule)
             assert counted == expected
             assert len(sql) == 1  # one grouped query, whatever the number of subscribers
+
+
+def test_the_list_counts_exactly_up_to_a_limit_then_estimates(app):
+    _people(app)
+    admin = logged_in(app)
+    exact = admin.get("/admin/subscribers?topic=blogg&lang=en").get_data(as_text=True)
+    assert f"{len(RECEIVE_BLOGG)} subscribers match." in exact
+    app.config["ADMIN_COUNT_EXACT_LIMIT"] = 3
+    with statements(app) as sql:
+        page = admin.get("/admin/subscribers?topic=blogg&lang=en").get_data(as_text=True)
+    counts = [s for s in sql if s.startswith("SELECT COUNT(")]
+    assert counts and all("LIMIT" in s for s in counts)  # it stops counting at the limit
+    with app.app_context():
+        postgresql = db.engine.dialect.name == "postgresql"
+    if postgresql:  # the planner's estimate, at least the limit
+        found = re.search(r"About ([\d,]+) subscribers match\.", page)
+        assert found and int(found.group(1).replace(",", "")) > 3
+    else:
+        assert "More than 3 subscribers match." in page
