@@ -147,6 +147,8 @@ class Config:
     ADMIN_PAGE_SIZE: int = _int("ADMIN_PAGE_SIZE", 50)
     # The admin list counts exactly up to this many matches; beyond, it shows an estimate.
     ADMIN_COUNT_EXACT_LIMIT: int = _int("ADMIN_COUNT_EXACT_LIMIT", 10000)
+    # The dashboard's counts and weekly trend (a scan of the list) are reused for this long.
+    ADMIN_STATS_CACHE_SECONDS: float = _float("ADMIN_STATS_CACHE_SECONDS", 60)
     # argon2id cost of admin password hashes (argon2-cffi's defaults: RFC 9106 low-memory).
     ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB
@@ -168,6 +170,7 @@ class TestConfig(Config):
     FEED_URLS: list[str] = []
     BROKER_URL = ""
     SEND_PROCESSES = 1  # delivery: tests fork only where they say so
+    ADMIN_STATS_CACHE_SECONDS = 0.0  # every page shows what the test just changed
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
     ARGON2_TIME_COST = 1  # fast hashes: the tests log in many times

@@ -151,3 +151,19 @@ def test_the_list_counts_exactly_up_to_a_limit_then_estimates(app):
         assert found and int(found.group(1).replace(",", "")) > 3
     else:
         assert "More than 3 subscribers match." in page
+
+
+def test_the_dashboard_scans_the_list_at_most_once_per_cache_period(app):
+    _people(app)
+    admin = logged_in(app)
+    app.config["ADMIN_STATS_CACHE_SECONDS"] = 60
+    scans = []
+    for _ in range(3):
+        with statements(app) as sql:
+            assert admin.get("/admin/").status_code == 200
+        scans.append(sum(1 for s in sql if "FROM SUBSCRIBER" in s and "GROUP BY SUBSCRIBER.STATUS" in s))
+    assert scans == [1, 0, 0]
+    app.config["ADMIN_STATS_CACHE_SECONDS"] = 0  # off: every view counts again
+    with statements(app) as sql:
+        admin.get("/admin/")
+    assert any("GROUP BY SUBSCRIBER.STATUS" in s for s in sql)
