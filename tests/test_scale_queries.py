@@ -97,24 +97,31 @@ def test_admin_list_api_list_and_both_exports_filter_topics_alike(app):
         assert [r["email"] for r in rows] == RECEIVE_BLOGG
 
 
-def test_exports_stream_in_keyset_batches_and_never_hold_the_whole_list(app, monkeypatch):
+def test_exports_stream_and_never_hold_the_whole_list(app, monkeypatch):
+    """SQLite: keyset pages of EXPORT_BATCH rows; PostgreSQL: COPY TO STDOUT read in blocks.
+    Either way the response streams a chunk at a time."""
     _people(app)
     monkeypatch.setattr(export, "EXPORT_BATCH", 2)
+    monkeypatch.setattr(export, "COPY_BLOCK", 10)
     admin = logged_in(app)
     api = Api(app.test_client(), make_token(app))
+    with app.app_context():
+        postgresql = db.engine.dialect.name == "postgresql"
     for client, url in ((admin, "/admin/subscribers/export.csv"), (api, "/subscribers/export")):
         with statements(app) as sql:
             response = client.get(url, buffered=False)
             assert response.is_streamed
             chunks = [chunk.decode() for chunk in response.response]
             response.close()
-        reads = [s for s in sql if s.startswith("SELECT SUBSCRIBER.ID, SUBSCRIBER.EMAIL")]
-        # 7 people in pages of 2: 4 full or partial pages and the empty one that ends it,
-        # each bounded by LIMIT and starting after the last id seen (keyset, not OFFSET pages).
-        assert len(reads) == 5 and all("LIMIT" in s and "SUBSCRIBER.ID >" in s
-                                       for s in reads)
-        assert len(chunks) == 5  # the header, then one chunk per page
         assert "".join(chunks).count("\n") == 1 + len(PEOPLE)
+        reads = [s for s in sql if s.startswith("SELECT SUBSCRIBER.ID, SUBSCRIBER.EMAIL")]
+        if postgresql:  # one COPY on a raw connection: no row is read through the ORM
+            assert reads == [] and len(chunks) > 3
+        else:
+            # 7 people in pages of 2: 4 pages and the empty one that ends it, each bounded by
+            # LIMIT and starting after the last id seen (keyset, not OFFSET pages).
+            assert len(reads) == 5 and all("LIMIT" in s and "SUBSCRIBER.ID >" in s for s in reads)
+            assert len(chunks) == 5  # the header, then one chunk per page
 
 
 def test_the_send_audience_is_counted_in_sql_as_the_sender_would_pick_it(app):

@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 from typing import IO
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, literal_column, select
 
 from newsletter.extensions import db
 from newsletter.models import (
@@ -83,6 +83,9 @@ def _export_chunks(status: str | None, topic: str | None) -> Iterator[tuple[str,
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue(), 0
+    if db.engine.dialect.name == "postgresql":
+        yield from _copy_chunks(status, topic)
+        return
     query = export_filter(select(
         Subscriber.id, Subscriber.email, Subscriber.status, Subscriber.language, Subscriber.name,
         Subscriber.created_at, Subscriber.confirmed_at).order_by(Subscriber.id), status=status, topic=topic)
@@ -101,3 +104,54 @@ def _export_chunks(status: str | None, topic: str | None) -> Iterator[tuple[str,
             for row in batch)
         yield buffer.getvalue(), len(batch)
         last_id = batch[-1].id
+
+
+# --- PostgreSQL: the database writes the CSV ------------------------------------------------------
+
+
+def _safe_sql(column: str) -> str:
+    """`_spreadsheet_safe` in SQL."""
+    return (f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') "
+            f"THEN '''' || {column} ELSE {column} END")
+
+
+def _iso_sql(column: str) -> str:
+    """`iso` in SQL: UTC, microseconds only when there are any (as datetime.isoformat)."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
+            f"mod(date_part('microseconds', {utc})::bigint, 1000000) = 0 THEN '' "
+            f"ELSE to_char({utc}, '.US') END"
+            " || '+00:00'")
+
+
+COPY_BLOCK = 1 << 16
+
+
+def _copy_chunks(status: str | None, topic: str | None) -> Iterator[tuple[str, int]]:
+    """The rows as COPY ... TO STDOUT (FORMAT csv) writes them: the same cells and quoting as
+    the csv module (empty cells are NULLs, which COPY leaves unquoted), many times faster than
+    building them in Python; read in blocks, so memory stays flat."""
+    topics = ("(SELECT string_agg(t.slug, ';' ORDER BY t.slug) FROM subscriber_topic l JOIN topic t "
+              "ON t.id = l.topic_id WHERE l.subscriber_id = subscriber.id)")
+    query = export_filter(select(
+        literal_column(_safe_sql("subscriber.email")), Subscriber.status, Subscriber.language,
+        literal_column(topics), literal_column(f"NULLIF({_safe_sql('subscriber.name')}, '')"),
+        literal_column(_iso_sql("subscriber.created_at")),
+        literal_column(_iso_sql("subscriber.confirmed_at")),
+    ).select_from(Subscriber).order_by(Subscriber.id), status=status, topic=topic)
+    sql = str(query.compile(dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}))
+    raw = db.engine.raw_connection()
+    try:
+        with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
+            pending = b""
+            for block in copy:
+                pending += bytes(block)
+                if len(pending) >= COPY_BLOCK:
+                    cut = pending.rfind(b"\n") + 1  # whole lines: a block may end inside a character
+                    text, pending = pending[:cut], pending[cut:]
+                    yield text.decode("utf-8"), text.count(b"\n")
+            if pending:
+                yield pending.decode("utf-8"), pending.count(b"\n")
+        raw.commit()
+    finally:
+        raw.close()
