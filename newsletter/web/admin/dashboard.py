@@ -8,6 +8,7 @@ from flask import current_app, render_template
 
 from newsletter import delivery, digests
 from newsletter.engine.clock import utcnow
+from newsletter.inbound import poll as bounce_mailbox
 from newsletter.subscriptions import stats
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
@@ -63,4 +64,5 @@ def dashboard():
         coming=coming.articles if coming is not None else [],
         intro=coming.intro if coming is not None else "", draft=draft, sends=sends,
         require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
+        unreadable=bounce_mailbox.recent_notes() if current_app.config["BOUNCE_MAILBOX_URL"] else 0,
     )
