@@ -66,14 +66,14 @@ def subscriber_from_token(purpose: str, token: str) -> Subscriber | None:
 # --- signup and confirmation --------------------------------------------------------
 
 
-def _resend_due(subscriber: Subscriber) -> bool:
+def _resend_due(subscriber: Subscriber, *, new: bool = False) -> bool:
     """A confirmation may go out: none to this address, nor to its mailbox however spelt (a
     +tag, upper case), within CONFIRM_RESEND_MINUTES, and fewer than CONFIRM_MAX_PER_MAILBOX
     to the mailbox in the last day."""
     now = utcnow()
     window = timedelta(minutes=current_app.config["CONFIRM_RESEND_MINUTES"])
     sent = subscriber.confirmation_sent_at
-    if sent is not None and now - sent < window:
+    if not new and sent is not None and now - sent < window:
         return False
     mailbox = canonical_mailbox(subscriber.email)
     local, _, domain = mailbox.rpartition("@")
@@ -93,8 +93,10 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _queue_confirmation(subscriber: Subscriber, at=None) -> None:
-    subscriber.confirmation_sent_at = at = at or utcnow()
+def _queue_confirmation(subscriber: Subscriber, at=None, *, new: bool = False) -> None:
+    at = at or utcnow()
+    if not new:  # a new subscriber's row has the time already
+        subscriber.confirmation_sent_at = at
     row = mail_queue.enqueue("confirm", to=subscriber.email, subscriber_id=subscriber.id)
     row.created_at = at  # the email's link carries the signup recorded at this moment
 
@@ -130,14 +132,17 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
         db.session.rollback()  # the same answer as any other signup; nothing is sent
         return
     subscriber = _locked_by_email(address)
-    if subscriber is None:
+    created = subscriber is None
+    if created:
+        # Its confirmation is queued below: the time goes in with the row (no UPDATE after it).
         subscriber = Subscriber(email=address, name=name, language=language, status="pending",
-                                topics=chosen)
+                                topics=chosen, confirmation_sent_at=utcnow())
         db.session.add(subscriber)
         try:
             db.session.flush()
         except IntegrityError:  # inserted by a concurrent request a moment ago
             db.session.rollback()
+            created = False
             subscriber = _locked_by_email(address)
             if subscriber is None:
                 raise
@@ -155,8 +160,10 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     event = record_event(subscriber, "signup", source=source, ip=ip, user_agent=user_agent,
                          detail={"topics": [t.slug for t in chosen], "language": language})
     event.created_at = now
-    if _resend_due(subscriber):
-        _queue_confirmation(subscriber, now)
+    if _resend_due(subscriber, new=created):
+        _queue_confirmation(subscriber, now, new=created)
+    elif created:  # its mailbox had its confirmations (another spelling): none to this address yet
+        subscriber.confirmation_sent_at = None
     db.session.flush()
 
 
