@@ -88,7 +88,7 @@ class Config:
     # The form's "shown at" stamp: valid this long (seconds), and for this many signups.
     # A signup is answered no sooner than this after it came in, whatever the address's state
     # (its time would tell the state otherwise); above the slowest signup's own time.
-    SIGNUP_RESPONSE_SECONDS: float = _float("SIGNUP_RESPONSE_SECONDS", 0.25)
+    SIGNUP_RESPONSE_SECONDS: float = _float("SIGNUP_RESPONSE_SECONDS", 0.1)
     SIGNUP_STAMP_MAX_AGE: int = _int("SIGNUP_STAMP_MAX_AGE", 6 * 3600)
     SIGNUP_STAMP_USES: int = _int("SIGNUP_STAMP_USES", 3)
     SIGNUP_RATE_PER_IP: str = _env("SIGNUP_RATE_PER_IP", "10 per minute;60 per hour")
