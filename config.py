@@ -144,6 +144,15 @@ class Config:
     ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB
     LOG_LEVEL: str = _env("LOG_LEVEL", "INFO")
+    # --- what the operator sees (newsletter/monitoring) ---
+    LOG_FORMAT: str = _env("LOG_FORMAT", "text")  # "json": one JSON object per line
+    # The dashboard and /readyz call the scheduler stale after this long without a heartbeat.
+    SCHEDULER_STALE_SECONDS: int = _int("SCHEDULER_STALE_SECONDS", 180)
+    # The admins get one email when it has been gone this long, and one when it is back.
+    SCHEDULER_ALERT_MINUTES: int = _int("SCHEDULER_ALERT_MINUTES", 15)
+    READY_DB_DEADLINE_SECONDS: float = _float("READY_DB_DEADLINE_SECONDS", 2.0)
+    READY_MAIL_QUEUE_MAX_AGE: int = _int("READY_MAIL_QUEUE_MAX_AGE", 900)  # seconds
+    METRICS_TOKEN: str = _env("METRICS_TOKEN")  # bearer token of /metrics; empty = no /metrics
 
 
 class TestConfig(Config):

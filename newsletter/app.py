@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -12,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
 
+from . import logformat
 from .extensions import MigrationsGroup, babel, csrf, db, limiter, login
 from .i18n import compile_catalogs, select_locale, select_timezone
 
@@ -36,8 +36,7 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     from .mail import check_dkim_settings
 
     check_dkim_settings(app)  # a bad DKIM key stops the start with a clear error
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "text"))
     if os.environ.get("PROXY_FIX"):  # behind a reverse proxy that sets X-Forwarded-*
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
@@ -57,11 +56,13 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     from .hooks import bp as hooks_bp
     from .i18n import register_template_helpers
     from .public import bp as public_bp
+    from .web import ops
 
     app.register_blueprint(public_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(hooks_bp, url_prefix="/hooks")
+    ops.init_app(app)
     register_template_helpers(app)
     register_cli(app)
     return app

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .extensions import db
 from .models import Article, Feed, Topic, utcnow
+from .monitoring import metrics
 from .topics import ensure_topics, topic_for_category, topics_by_slugs
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETC
     feed.last_status = result.status
     feed.last_error = result.error
     db.session.commit()
+    metrics.feed_polled(result.status)
     return result
 
 

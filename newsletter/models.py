@@ -293,3 +293,22 @@ class SchedulerLock(db.Model):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SchedulerHeartbeat(db.Model):
+    """One row per scheduler process: when it was last seen, and whether it runs the jobs."""
+
+    instance: Mapped[str] = mapped_column(String(128), primary_key=True)  # "host:pid:random"
+    role: Mapped[str] = mapped_column(String(16), default="active")  # active, standby
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class SchedulerAction(db.Model):
+    """What the scheduler did last (feeds polled, digest runs, purges): shown on the dashboard."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(String(300), default="")

@@ -31,6 +31,7 @@ from .models import (
     subscriber_topics,
     utcnow,
 )
+from .monitoring import metrics
 from .topics import ensure_topics, topics_by_slugs
 
 MAX_EMAIL_LENGTH = 254
@@ -140,6 +141,7 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
         ip=(ip or "")[:64], user_agent=(user_agent or "")[:400], detail=detail or {},
     )
     db.session.add(event)
+    metrics.subscriber_event(kind)
     return event
 
 

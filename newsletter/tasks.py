@@ -27,6 +27,8 @@ from flask import Flask, current_app, has_app_context
 
 from config import Config
 
+from . import logformat
+
 log = logging.getLogger(__name__)
 
 celery = Celery("newsletter", set_as_current=False)
@@ -80,6 +82,26 @@ def launch(digest_id: int) -> None:
     config = current_app.config
     configure(config["BROKER_URL"], config["CELERY_VISIBILITY_TIMEOUT"], config["CELERY_QUEUE"])
     dispatch_send.apply_async((digest_id,), queue=config["CELERY_QUEUE"])
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs) -> None:
+    """A worker logs like every other process (LOG_LEVEL, LOG_FORMAT), not in Celery's own format."""
+    logformat.configure(Config.LOG_LEVEL, Config.LOG_FORMAT)
+
+
+def _check_scheduler() -> None:
+    """A worker notices a scheduler that is gone too (the admins get one email, whoever sends it)."""
+    from .extensions import db
+    from .monitoring import alerts
+
+    with flask_app().app_context():
+        try:
+            alerts.check_scheduler()
+        except Exception:  # noqa: BLE001  (the check is retried at the next tick)
+            log.exception("could not check the scheduler's heartbeat")
+        finally:
+            db.session.remove()
 
 
 def _tick() -> None:
@@ -141,6 +163,7 @@ def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     timer = getattr(sender, "timer", None)
     if timer is not None:
         timer.call_repeatedly(0.2, _tick)
+        timer.call_repeatedly(60, _check_scheduler)
 
     app = flask_app()
     with app.app_context():

@@ -6,10 +6,12 @@ from flask import current_app, render_template
 
 from .. import delivery, digests, stats
 from ..models import utcnow
+from ..monitoring import heartbeat
 from . import bp
 from .auth import role_required
 
 LAST_SENDS = 5
+LAST_ACTIONS = 6
 
 
 def next_digest_time(now):
@@ -42,4 +44,5 @@ def dashboard():
         coming=coming.articles if coming is not None else [],
         intro=coming.intro if coming is not None else "", draft=draft, sends=sends,
         require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
+        scheduler=heartbeat.scheduler_status(now, actions=LAST_ACTIONS),
     )

@@ -1,0 +1,2 @@
+"""What the operator sees: the scheduler's heartbeat and last actions, the outage emails,
+readiness checks and Prometheus metrics. Structured logs: newsletter/logformat.py."""
