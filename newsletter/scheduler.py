@@ -41,10 +41,13 @@ from flask import Flask
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from . import articles, delivery, digests
-from .extensions import db
-from .models import Digest, SchedulerLock, utcnow
-from .monitoring import heartbeat
+from newsletter import delivery, digests, leases
+from newsletter.digests import feeds
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.mail import outbox
+from newsletter.models import Digest, SchedulerLock
+from newsletter.monitoring import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
         if run_made(period):
             log.info("digest run of %s made already: nothing to do", period)
             return None
-        articles.fetch_all_feeds(now)
+        feeds.fetch_all_feeds(now)
         if app.config["DIGEST_REQUIRE_APPROVAL"]:
             # compile → draft → wait: an editor's approval (admin) sends it; an editor's
             # earlier draft (with its intro) is adopted for this period instead of a second one.
@@ -135,7 +138,7 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             if digest is not None and digest.status == "draft":
                 log.info("digest %s of %s is a draft waiting for an admin's approval", digest.id, period)
         else:
-            digest = digests.send_now(now, period=period)
+            digest = delivery.send_now(now, period=period)
         if digest is None:
             log.info("no digest for %s: nothing new (or made by another process)", period)
         elif digest.status != "draft":
@@ -183,7 +186,7 @@ def _never_ran() -> bool:
 
 def poll_feeds_job(app: Flask) -> None:
     with app.app_context():
-        results = articles.fetch_all_feeds()
+        results = feeds.fetch_all_feeds()
         added, failed = sum(r.added for r in results), sum(not r.ok for r in results)
         log.info("feeds polled: %d new articles, %d failed feeds", added, failed)
         heartbeat.record_action("feeds", "error" if failed else "ok",
@@ -193,17 +196,12 @@ def poll_feeds_job(app: Flask) -> None:
 def housekeeping_job(app: Flask) -> None:
     """Flush the single-mail queue; finish interrupted sends and send approved digests."""
     with app.app_context():
-        try:
-            from . import mail_queue  # written in another issue; absent in early builds
-        except ImportError:
-            mail_queue = None
-        if mail_queue is not None and hasattr(mail_queue, "flush"):
-            mail_queue.flush()
-        with digests.send_lease(wait=False) as held:
+        outbox.flush()
+        with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
-            resumed = delivery.resume_interrupted() if hasattr(delivery, "resume_interrupted") else []
-            finished = digests.finish_interrupted_sends()
+            resumed = delivery.resume_interrupted()
+            finished = delivery.finish_interrupted_sends()
             for digest_id in {*resumed, *finished}:
                 heartbeat.record_action("send", "resumed", f"#{digest_id}")
 
@@ -250,7 +248,7 @@ def run(app: Flask) -> None:
     instance = heartbeat.new_instance()
     with app.app_context(), ExitStack() as stack:
         stop_standby = stack.enter_context(_standby_beats(app, instance))
-        stack.enter_context(digests.lease(SCHEDULER_LEASE, wait=True, poll=10))
+        stack.enter_context(leases.lease(SCHEDULER_LEASE, wait=True, poll=10))
         stop_standby()  # the lease is ours: from now on the heartbeat job says "active"
         scheduler = build_scheduler(app, instance=instance)
         log.info("scheduler started: digest on %r (%s), feeds every %s min, misfire grace %s",

@@ -9,8 +9,9 @@ from flask_migrate import stamp
 
 from config import TestConfig
 from newsletter import create_app
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db, init_migrations
-from newsletter.models import QueuedEmail, utcnow
+from newsletter.models import QueuedEmail
 from newsletter.monitoring import heartbeat
 
 

@@ -11,8 +11,9 @@ import threading
 import pytest
 from subs_helpers import signup
 
-from newsletter import logformat, mail_queue
+from newsletter.engine import logformat
 from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .. import delivery, digests
+from newsletter import delivery, digests
 
 group = AppGroup("digest", help="The weekly digest.")
 
@@ -42,14 +42,14 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
     if test_to:
         if dry_run:
             raise click.UsageError("--test-to and --dry-run do not go together")
-        if not digests.send_test(test_to, locale=_language(lang)):
+        if not delivery.send_test(test_to, locale=_language(lang)):
             raise click.ClickException("nothing new for a digest: no test sent")
         click.echo(f"test sent to {test_to}")
         return
     if dry_run:
         _dry_run()
         return
-    digest = digests.send_now()
+    digest = delivery.send_now()
     if digest is None:
         click.echo("nothing new: no digest compiled")
         return
@@ -58,7 +58,7 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
 
 
 def _dry_run() -> None:
-    plan = digests.plan_send()
+    plan = delivery.plan_send()
     if plan is None:
         click.echo("nothing new: no digest would be sent")
         return

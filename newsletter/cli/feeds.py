@@ -6,9 +6,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from .. import articles
-from ..extensions import db
-from ..models import Feed
+from newsletter.digests import feeds
+from newsletter.extensions import db
+from newsletter.models import Feed
 
 group = AppGroup("feeds", help="Register and poll RSS/Atom feeds.")
 
@@ -19,7 +19,7 @@ group = AppGroup("feeds", help="Register and poll RSS/Atom feeds.")
 def add_command(url: str, topic_slug: str | None) -> None:
     """Register a feed (polled before each digest and every FEED_POLL_MINUTES)."""
     try:
-        feed = articles.add_feed(url, topic_slug=topic_slug)
+        feed = feeds.add_feed(url, topic_slug=topic_slug)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"feed {feed.id}: {feed.url}" + (f" (topic {feed.topic.slug})" if feed.topic else ""))
@@ -28,7 +28,7 @@ def add_command(url: str, topic_slug: str | None) -> None:
 @group.command("fetch")
 def fetch_command() -> None:
     """Poll every feed now (FEED_URLS included); exits 1 if any feed failed."""
-    results = articles.fetch_all_feeds()
+    results = feeds.fetch_all_feeds()
     for result in results:
         line = f"{result.status:13} +{result.added} new, {result.updated} updated  {result.url}"
         if result.error:
@@ -44,7 +44,7 @@ def fetch_command() -> None:
 @group.command("list")
 def list_command() -> None:
     """The registered feeds and how their last poll went."""
-    articles.ensure_configured_feeds()
+    feeds.ensure_configured_feeds()
     for feed in db.session.execute(select(Feed).order_by(Feed.id)).scalars():
         fetched = feed.last_fetched_at.isoformat(timespec="minutes") if feed.last_fetched_at else "never"
         topic = feed.topic.slug if feed.topic else "by category"

@@ -15,10 +15,13 @@ from flask import current_app
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import mail, mail_queue
-from ..extensions import db
-from ..models import Admin, SchedulerLock, utcnow
-from .heartbeat import scheduler_status
+from newsletter.engine.clock import utcnow
+from newsletter.engine.smtp import MailError
+from newsletter.extensions import db
+from newsletter.mail import compose as mail
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import Admin, SchedulerLock
+from newsletter.monitoring.heartbeat import scheduler_status
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ def _email_admins(name: str, **context) -> int:
             try:
                 transport = transport or mail.transport_from_url()
                 transport.send(mail.envelope_sender(), admin.email, message)
-            except mail.MailError as exc:
+            except MailError as exc:
                 log.warning("%s to admin %s not sent now (%s): queued", name, admin.id, exc)
                 mail_queue.enqueue(name, to=admin.email, message=message)
                 queued += 1

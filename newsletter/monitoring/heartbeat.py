@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from flask import current_app
 from sqlalchemy import delete, func, select, update
 
-from ..extensions import db
-from ..models import SchedulerAction, SchedulerHeartbeat, utcnow
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.models import SchedulerAction, SchedulerHeartbeat
 
 ACTIONS_KEPT = 200  # rows of scheduler_action kept (the dashboard shows the last few)
 HEARTBEATS_KEPT = timedelta(days=1)  # rows of processes not seen for this long are removed

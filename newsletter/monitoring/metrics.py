@@ -1,4 +1,4 @@
-"""Prometheus metrics (`/metrics`, off until METRICS_TOKEN is set).
+"""Prometheus metrics (`/metrics`, off until METRICS_TOKEN is set). The counters: engine/counters.py.
 
 Two kinds of series:
 - counters of what happens in a process (HTTP requests and their latency, subscriber events,
@@ -13,47 +13,25 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 from sqlalchemy import func, or_, select
 
-from ..extensions import db
-from ..models import Delivery, Digest, QueuedEmail, SchedulerHeartbeat, utcnow
-from .heartbeat import aware as _aware
-
-HTTP_REQUESTS = Counter("newsletter_http_requests", "HTTP requests answered, by route and status",
-                        ["method", "route", "status"])
-HTTP_LATENCY = Histogram("newsletter_http_request_duration_seconds", "Time to answer an HTTP request",
-                         ["method", "route"],
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-SUBSCRIBER_EVENTS = Counter("newsletter_subscriber_events",
-                            "Consent events: signup, confirm, unsubscribe, bounce, complaint, …", ["event"])
-FEED_POLLS = Counter("newsletter_feed_polls", "Feed polls, by outcome (ok, not-modified, error)", ["outcome"])
+from newsletter.delivery import send_progress
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.models import Delivery, Digest, QueuedEmail, SchedulerHeartbeat
+from newsletter.monitoring.heartbeat import aware as _aware
 
 RECENT_SENDS = 3  # the sends shown: those running or paused, and the latest finished ones
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def subscriber_event(kind: str) -> None:
-    SUBSCRIBER_EVENTS.labels(kind).inc()
-
-
-def feed_polled(outcome: str) -> None:
-    FEED_POLLS.labels(outcome).inc()
-
-
-def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_LATENCY.labels(method, route).observe(seconds)
 
 
 class DatabaseCollector(Collector):
     """Gauges read from the database at each scrape (needs an app context)."""
 
     def collect(self):
-        from ..delivery import send_progress  # the send engine's own reading of its ledger
-
         now = utcnow()
         messages = GaugeMetricFamily("newsletter_send_messages", "A send's messages by ledger state",
                                      labels=["digest", "state"])

@@ -12,9 +12,10 @@ from functools import cache
 from flask import current_app
 from sqlalchemy import func, select, text
 
-from ..extensions import MIGRATIONS, db
-from ..models import QueuedEmail, utcnow
-from .heartbeat import aware, scheduler_status
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import MIGRATIONS, db
+from newsletter.models import QueuedEmail
+from newsletter.monitoring.heartbeat import aware, scheduler_status
 
 
 def readiness(now: datetime | None = None) -> tuple[bool, dict[str, dict]]:

@@ -10,10 +10,11 @@ import uuid
 
 from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 
-from ...extensions import db
-from ...logformat import request_id
-from ...monitoring import alerts, metrics
-from ...monitoring.readiness import readiness
+from newsletter.engine import counters
+from newsletter.engine.logformat import request_id
+from newsletter.extensions import db
+from newsletter.monitoring import alerts, metrics
+from newsletter.monitoring.readiness import readiness
 
 bp = Blueprint("ops", __name__)
 
@@ -60,7 +61,7 @@ def _finish_request(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.request_id
     if current_app.config["METRICS_TOKEN"] and "request_started" in g:
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.observe_request(request.method, route, response.status_code,
+        counters.observe_request(request.method, route, response.status_code,
                                 time.perf_counter() - g.request_started)
     session = db.session
     if not current_app.testing or current_app.config.get("SCHEDULER_CHECK_IN_REQUESTS"):
