@@ -128,3 +128,43 @@ def test_requests_notice_the_outage_at_most_once_a_minute(smtp_app, smtp_server)
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
     assert len(smtp_server.messages()) == 1
+
+
+def _roles(app) -> dict[str, str]:
+    with app.app_context():
+        try:
+            rows = db.session.execute(select(SchedulerHeartbeat.instance, SchedulerHeartbeat.role))
+            return dict(rows.all())
+        finally:
+            db.session.remove()
+
+
+@pytest.mark.slow
+def test_a_running_scheduler_beats_as_active_a_second_one_as_standby_and_a_stopped_one_leaves(app, tmp_path):
+    import signal
+
+    from delivery_helpers import wait_for
+    from digest_helpers import CliProcess, cli_env
+
+    env = cli_env(app.config["SQLALCHEMY_DATABASE_URI"], FEED_POLL_MINUTES="0")
+    first = CliProcess(["scheduler"], env, tmp_path / "one")
+    try:
+        assert wait_for(lambda: list(_roles(app).values()) == ["active"], 60), first.output
+        second = CliProcess(["scheduler"], env, tmp_path / "two")
+        try:
+            assert wait_for(lambda: sorted(_roles(app).values()) == ["active", "standby"], 60), second.output
+            with app.app_context():
+                status = heartbeat.scheduler_status()
+                assert status.ok and status.active == 1 and status.standby == 1
+            first.process.send_signal(signal.SIGTERM)
+            assert first.finish(60) == 0
+            # The standby takes over (within the lease's poll), and the stopped one's row is gone.
+            assert wait_for(lambda: list(_roles(app).values()) == ["active"], 90), second.output
+        finally:
+            second.process.send_signal(signal.SIGTERM)
+            second.finish(60)
+        assert wait_for(lambda: _roles(app) == {}, 10)
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+            first.finish(10)
