@@ -296,7 +296,7 @@ class SchedulerHeartbeat(db.Model):
     """One row per scheduler process: when it was last seen, and whether it runs the jobs."""
 
     instance: Mapped[str] = mapped_column(String(128), primary_key=True)  # "host:pid:random"
-    role: Mapped[str] = mapped_column(String(16), default="active")  # active, standby
+    role: Mapped[str] = mapped_column(String(16), default="active")  # active, standby, stopped
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 

@@ -262,7 +262,7 @@ def run(app: Flask) -> None:
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=True)
-            heartbeat.forget(instance)
+            heartbeat.stopped(instance)
 
 
 @contextmanager

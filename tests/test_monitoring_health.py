@@ -54,7 +54,8 @@ def _break_mail_queue(app):
 
 def _break_scheduler(app):
     with app.app_context():
-        heartbeat.forget("host:1:aa")
+        db.session.execute(db.text("DELETE FROM scheduler_heartbeat"))
+        db.session.commit()
         heartbeat.beat("host:1:aa", now=utcnow() - timedelta(minutes=10))
 
 

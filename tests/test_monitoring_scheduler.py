@@ -79,8 +79,9 @@ def test_the_heartbeat_job_and_the_jobs_record_what_the_scheduler_did(app, feed_
         assert actions[0].detail.split("|")[0] == "1" and int(actions[0].detail.split("|")[1]) > 0
         status = heartbeat.scheduler_status(actions=5)
         assert status.ok and status.active == 1 and status.age_seconds is not None
-        heartbeat.forget("host:9:zz")
-        assert heartbeat.scheduler_status().never_seen
+        heartbeat.stopped("host:9:zz")
+        status = heartbeat.scheduler_status()
+        assert status.active == 0 and not status.never_seen and status.last_seen is not None
 
 
 def test_the_admins_get_one_email_per_outage_and_one_when_it_is_back(smtp_app, smtp_server, app_config):
@@ -140,7 +141,7 @@ def _roles(app) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_running_scheduler_beats_as_active_a_second_one_as_standby_and_a_stopped_one_leaves(app, tmp_path):
+def test_a_running_scheduler_beats_as_active_a_second_one_as_standby_and_a_stopped_one_says_so(app, tmp_path):
     import signal
 
     from delivery_helpers import wait_for
@@ -158,12 +159,12 @@ def test_a_running_scheduler_beats_as_active_a_second_one_as_standby_and_a_stopp
                 assert status.ok and status.active == 1 and status.standby == 1
             first.process.send_signal(signal.SIGTERM)
             assert first.finish(60) == 0
-            # The standby takes over (within the lease's poll), and the stopped one's row is gone.
-            assert wait_for(lambda: list(_roles(app).values()) == ["active"], 90), second.output
+            # The standby takes over (within the lease's poll); the stopped one is seen as stopped.
+            assert wait_for(lambda: sorted(_roles(app).values()) == ["active", "stopped"], 90), second.output
         finally:
             second.process.send_signal(signal.SIGTERM)
             second.finish(60)
-        assert wait_for(lambda: _roles(app) == {}, 10)
+        assert wait_for(lambda: sorted(_roles(app).values()) == ["stopped", "stopped"], 10)
     finally:
         if first.process.poll() is None:
             first.process.kill()

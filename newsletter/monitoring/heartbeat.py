@@ -50,11 +50,14 @@ def beat(instance: str, role: str = "active", now: datetime | None = None) -> No
         conn.execute(delete(table).where(table.c.seen_at < now - HEARTBEATS_KEPT))
 
 
-def forget(instance: str) -> None:
-    """A scheduler that stops cleanly removes its row: it is gone, not stale."""
+def stopped(instance: str, now: datetime | None = None) -> None:
+    """A scheduler that stops cleanly says so: it is gone all the same (the dashboard warns and the
+    admins are told if none comes back), but it no longer counts as one of those running."""
     table = SchedulerHeartbeat.__table__
     with db.engine.begin() as conn:
-        conn.execute(delete(table).where(table.c.instance == instance))
+        conn.execute(update(table).where(table.c.instance == instance, table.c.role == "active")
+                     .values(role="stopped", seen_at=now or utcnow()))
+        conn.execute(delete(table).where(table.c.instance == instance, table.c.role == "standby"))
 
 
 def record_action(kind: str, outcome: str, detail: str = "", now: datetime | None = None) -> None:
@@ -103,7 +106,8 @@ def scheduler_status(now: datetime | None = None, *, actions: int = 0) -> Schedu
     now = now or utcnow()
     stale_after = int(current_app.config["SCHEDULER_STALE_SECONDS"])
     table = SchedulerHeartbeat.__table__
-    last_seen = db.session.execute(select(func.max(table.c.seen_at)).where(table.c.role == "active")).scalar()
+    last_seen = db.session.execute(
+        select(func.max(table.c.seen_at)).where(table.c.role != "standby")).scalar()
     last_seen = None if last_seen is None else aware(last_seen)
     fresh = now - timedelta(seconds=stale_after)
     counts = dict(db.session.execute(

@@ -61,7 +61,7 @@ class DatabaseCollector(Collector):
                                 value=0 if oldest is None else (now - _aware(oldest)).total_seconds())
 
         beat = SchedulerHeartbeat.__table__
-        last = db.session.execute(select(func.max(beat.c.seen_at)).where(beat.c.role == "active")).scalar()
+        last = db.session.execute(select(func.max(beat.c.seen_at)).where(beat.c.role != "standby")).scalar()
         yield GaugeMetricFamily("newsletter_scheduler_heartbeat_age_seconds",
                                 "Seconds since the scheduler was last seen (-1: never)",
                                 value=-1 if last is None else (now - _aware(last)).total_seconds())
