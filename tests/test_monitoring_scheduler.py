@@ -16,7 +16,10 @@ from newsletter.extensions import db
 from newsletter.models import SchedulerAction, SchedulerHeartbeat
 from newsletter.monitoring import alerts, heartbeat
 
-T0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)  # after the test's login
+
+def soon() -> datetime:
+    """A moment just after the test's login (a page seen before one's login is a logged-out page)."""
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
 
 
 def beat(app, at: datetime, instance: str = "host:1:aa", role: str = "active") -> None:
@@ -31,22 +34,23 @@ def beat(app, at: datetime, instance: str = "host:1:aa", role: str = "active") -
 def test_dashboard_warns_when_the_heartbeat_is_stale_and_not_when_it_is_fresh(app, locale, fresh_text,
                                                                                 stale_text):
     client = logged_in(app)
+    t0 = soon()
     headers = {"Accept-Language": locale}
-    with time_machine.travel(T0, tick=False):
+    with time_machine.travel(t0, tick=False):
         page = client.get("/admin/", headers=headers).get_data(as_text=True)
         assert 'id="scheduler"' in page and 'role="alert"' in page  # never seen: a warning too
-    beat(app, T0)
-    with time_machine.travel(T0 + timedelta(seconds=30), tick=False):
+    beat(app, t0)
+    with time_machine.travel(t0 + timedelta(seconds=30), tick=False):
         page = client.get("/admin/", headers=headers).get_data(as_text=True)
     section = page[page.index('id="scheduler"'):page.index("</section>", page.index('id="scheduler"'))]
     assert fresh_text in section or fresh_text.replace("30 s", "30\u00a0s") in section, section
     assert 'role="alert"' not in section
-    with time_machine.travel(T0 + timedelta(minutes=10), tick=False):
+    with time_machine.travel(t0 + timedelta(minutes=10), tick=False):
         page = client.get("/admin/", headers=headers).get_data(as_text=True)
     section = page[page.index('id="scheduler"'):page.index("</section>", page.index('id="scheduler"'))]
     assert 'role="alert"' in section and stale_text in section, section
-    beat(app, T0 + timedelta(minutes=10))  # back: the warning goes away
-    with time_machine.travel(T0 + timedelta(minutes=10, seconds=5), tick=False):
+    beat(app, t0 + timedelta(minutes=10))  # back: the warning goes away
+    with time_machine.travel(t0 + timedelta(minutes=10, seconds=5), tick=False):
         page = client.get("/admin/", headers=headers).get_data(as_text=True)
     section = page[page.index('id="scheduler"'):page.index("</section>", page.index('id="scheduler"'))]
     assert 'role="alert"' not in section
@@ -54,13 +58,14 @@ def test_dashboard_warns_when_the_heartbeat_is_stale_and_not_when_it_is_fresh(ap
 
 def test_dashboard_warns_when_two_schedulers_run_the_jobs_and_shows_what_they_did(app):
     client = logged_in(app)
-    beat(app, T0, "host-a:1:aa")
-    beat(app, T0 + timedelta(seconds=5), "host-b:2:bb")
-    beat(app, T0 + timedelta(seconds=5), "host-c:3:cc", role="standby")
+    t0 = soon()
+    beat(app, t0, "host-a:1:aa")
+    beat(app, t0 + timedelta(seconds=5), "host-b:2:bb")
+    beat(app, t0 + timedelta(seconds=5), "host-c:3:cc", role="standby")
     with app.app_context():
-        heartbeat.record_action("feeds", "ok", "2|5|0", now=T0)
-        heartbeat.record_action("digest", "nothing-new", "2026-W49", now=T0)
-    with time_machine.travel(T0 + timedelta(seconds=20), tick=False):
+        heartbeat.record_action("feeds", "ok", "2|5|0", now=t0)
+        heartbeat.record_action("digest", "nothing-new", "2026-W49", now=t0)
+    with time_machine.travel(t0 + timedelta(seconds=20), tick=False):
         page = client.get("/admin/", headers={"Accept-Language": "en"}).get_data(as_text=True)
     assert "2 schedulers are running the jobs at the same time" in page
     assert "A standby scheduler is waiting to take over." in page
@@ -85,28 +90,29 @@ def test_the_heartbeat_job_and_the_jobs_record_what_the_scheduler_did(app, feed_
 
 
 def test_the_admins_get_one_email_per_outage_and_one_when_it_is_back(smtp_app, smtp_server, app_config):
+    t0 = soon()
     make_admin(smtp_app, "boss@example.org")
     make_admin(smtp_app, "chef@example.org")
     other_process = create_app({**app_config, "MAIL_URL": smtp_server.url}, config_class=TestConfig)
-    beat(smtp_app, T0)
+    beat(smtp_app, t0)
     with smtp_app.app_context():
-        assert alerts.check_scheduler(T0 + timedelta(minutes=5)) is None  # stale, not yet for an email
-        assert alerts.check_scheduler(T0 + timedelta(minutes=16)) == "down"
-        assert alerts.check_scheduler(T0 + timedelta(minutes=17)) is None
+        assert alerts.check_scheduler(t0 + timedelta(minutes=5)) is None  # stale, not yet for an email
+        assert alerts.check_scheduler(t0 + timedelta(minutes=16)) == "down"
+        assert alerts.check_scheduler(t0 + timedelta(minutes=17)) is None
     with other_process.app_context():  # another web worker noticing the same outage sends nothing
-        assert alerts.check_scheduler(T0 + timedelta(minutes=18)) is None
+        assert alerts.check_scheduler(t0 + timedelta(minutes=18)) is None
     down = smtp_server.messages()
     assert sorted(m["To"] for m in down) == ["boss@example.org", "chef@example.org"]
     assert all("schemaläggare" in m["Subject"].lower() for m in down), [m["Subject"] for m in down]
-    beat(smtp_app, T0 + timedelta(minutes=30))
+    beat(smtp_app, t0 + timedelta(minutes=30))
     with other_process.app_context():
-        assert alerts.check_scheduler(T0 + timedelta(minutes=30, seconds=10)) == "back"
+        assert alerts.check_scheduler(t0 + timedelta(minutes=30, seconds=10)) == "back"
     with smtp_app.app_context():
-        assert alerts.check_scheduler(T0 + timedelta(minutes=30, seconds=20)) is None
+        assert alerts.check_scheduler(t0 + timedelta(minutes=30, seconds=20)) is None
     assert len(smtp_server.messages()) == 4
     # A second outage is a new one: one more email.
     with smtp_app.app_context():
-        assert alerts.check_scheduler(T0 + timedelta(minutes=50)) == "down"
+        assert alerts.check_scheduler(t0 + timedelta(minutes=50)) == "down"
     assert len(smtp_server.messages()) == 6
     with other_process.app_context():
         db.session.remove()
@@ -114,18 +120,20 @@ def test_the_admins_get_one_email_per_outage_and_one_when_it_is_back(smtp_app, s
 
 
 def test_a_deployment_whose_scheduler_never_ran_sends_no_email(smtp_app, smtp_server):
+    t0 = soon()
     make_admin(smtp_app)
     with smtp_app.app_context():
-        assert alerts.check_scheduler(T0) is None
+        assert alerts.check_scheduler(t0) is None
     assert smtp_server.messages() == []
 
 
 def test_requests_notice_the_outage_at_most_once_a_minute(smtp_app, smtp_server):
+    t0 = soon()
     make_admin(smtp_app)
     smtp_app.config["SCHEDULER_CHECK_IN_REQUESTS"] = True
-    beat(smtp_app, T0)
+    beat(smtp_app, t0)
     client = smtp_app.test_client()
-    with time_machine.travel(T0 + timedelta(minutes=20), tick=False):
+    with time_machine.travel(t0 + timedelta(minutes=20), tick=False):
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
     assert len(smtp_server.messages()) == 1
