@@ -29,3 +29,16 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+# LOG_FORMAT=json: Gunicorn's own lines (start, workers, errors) as JSON objects like the app's.
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "newsletter.engine.logformat.JsonFormatter"}},
+        "handlers": {"error_console": {"class": "logging.StreamHandler", "formatter": "json",
+                                       "stream": "ext://sys.stderr"}},
+        "root": {"level": "INFO", "handlers": []},  # the app adds its own handler (LOG_LEVEL)
+        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False,
+                                       "qualname": "gunicorn.error"}},
+    }

@@ -114,7 +114,7 @@ def dispatch_send(digest_id: int) -> int:
     from newsletter.extensions import db
 
     app = flask_app()
-    with app.app_context():
+    with app.app_context(), logformat.digest_context(digest_id):
         try:
             delivery.start_send(digest_id)
             delivery.recover_stale(digest_id)
@@ -139,7 +139,7 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
     from newsletter.extensions import db
 
     app = flask_app()
-    with app.app_context():
+    with app.app_context(), logformat.digest_context(digest_id):
         try:
             result = delivery.send_batch(digest_id, first_id, last_id)
         finally:
