@@ -7,11 +7,13 @@ import logging
 from flask import current_app
 from sqlalchemy import func, select
 
+from newsletter.delivery import totals
 from newsletter.engine.clock import utcnow
 from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
 from newsletter.mail import compose as mail
 from newsletter.mail import outbox as mail_queue
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import Admin, Delivery, Digest
 
 log = logging.getLogger(__name__)
@@ -22,9 +24,9 @@ REASONS = ("done", "cancelled", "error_storm")
 def summary_context(digest_id: int, reason: str) -> dict:
     digest = db.session.get(Digest, digest_id)
     db.session.refresh(digest)
-    counts = dict(db.session.execute(
+    counts = totals.with_rolled_up(digest_id, dict(db.session.execute(
         select(Delivery.state, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.state)
-    ).all())
+    ).all()))
     started = digest.started_at
     end = digest.finished_at or utcnow()
     seconds = int((end - started).total_seconds()) if started else 0
@@ -62,7 +64,7 @@ def send_summary(digest_id: int, reason: str) -> int:
                 current_app.config["DEFAULT_LOCALE"]
             message = mail.build_email("send_summary", admin.email, locale, **context)
             try:
-                transport = transport or mail.transport_from_url()
+                transport = transport or transport_from_url()
                 transport.send(mail.envelope_sender(), admin.email, message)
             except MailError as exc:
                 log.warning("summary to %s not sent now (%s): queued", admin.email, exc)

@@ -36,5 +36,12 @@ def consent_kind(kind: str) -> str:
     }.get(kind, kind)
 
 
-for _filter in (subscriber_state, digest_state, delivery_state, consent_kind):
+def suppression_label(reason: str) -> str:
+    return {
+        "unsubscribed": _("unsubscribed"), "bounced": _("bounced"), "complained": _("complained"),
+        "erased": _("erased"), "imported": _("opted out in an imported list"),
+    }.get(reason, reason)
+
+
+for _filter in (subscriber_state, digest_state, delivery_state, consent_kind, suppression_label):
     bp.add_app_template_filter(_filter)
