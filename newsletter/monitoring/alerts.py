@@ -20,6 +20,7 @@ from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
 from newsletter.mail import compose as mail
 from newsletter.mail import outbox as mail_queue
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import Admin, SchedulerLock
 from newsletter.monitoring.heartbeat import scheduler_status
 
@@ -46,7 +47,13 @@ def check_scheduler(now: datetime | None = None) -> str | None:
         except IntegrityError:  # already open: someone told the admins
             return None
         log.warning("the scheduler was last seen %s s ago: telling the admins", status.age_seconds)
-        _email_admins("scheduler_down", last_seen=status.last_seen, minutes=status.age_seconds // 60)
+        try:
+            _email_admins("scheduler_down", last_seen=status.last_seen, minutes=status.age_seconds // 60)
+        except Exception:  # not told: the outage is opened again by the next check, here or elsewhere
+            db.session.rollback()
+            with db.engine.begin() as conn:
+                conn.execute(delete(table).where(table.c.name == OUTAGE_ROW))
+            raise
         return "down"
     if not status.stale:
         if not db.session.execute(select(table.c.name).where(table.c.name == OUTAGE_ROW)).first():
@@ -87,7 +94,7 @@ def _email_admins(name: str, **context) -> int:
             locale = admin.language if admin.language in config["LANGUAGES"] else config["DEFAULT_LOCALE"]
             message = mail.build_email(name, admin.email, locale, **context)
             try:
-                transport = transport or mail.transport_from_url()
+                transport = transport or transport_from_url()
                 transport.send(mail.envelope_sender(), admin.email, message)
             except MailError as exc:
                 log.warning("%s to admin %s not sent now (%s): queued", name, admin.id, exc)
