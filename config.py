@@ -117,6 +117,13 @@ class Config:
     SNS_CERT_HOST_PATTERN: str = _env("SNS_CERT_HOST_PATTERN", r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
     SNS_CA_BUNDLE: str = _env("SNS_CA_BUNDLE")  # CA file for fetching those URLs; empty = the system's
     SNS_MAX_AGE_SECONDS: int = _int("SNS_MAX_AGE_SECONDS", 24 * 3600)  # older messages refused; 0 = any
+    # VERP: bulk mail leaves with the envelope sender local+<signed token>@domain of this address,
+    # so a bounce names its send and recipient. Empty: MAIL_FROM's address, as before.
+    BOUNCE_ADDRESS: str = _env("BOUNCE_ADDRESS")
+    # The mailbox bounces, complaints and mailto unsubscribes arrive in: imaps://user:pass@host/INBOX,
+    # imap://…, pop3s://…, pop3://… (user and password URL-encoded). Empty: not polled.
+    BOUNCE_MAILBOX_URL: str = _env("BOUNCE_MAILBOX_URL")
+    BOUNCE_MAILBOX_MINUTES: float = _float("BOUNCE_MAILBOX_MINUTES", 5)  # how often the scheduler reads it
     # Mail that is sent outside the request (confirmations): a thread in-process by default.
     MAIL_QUEUE_THREAD: bool = _bool("MAIL_QUEUE_THREAD", True)
     # The queue worker also wakes this often on its own, to retry what failed earlier.

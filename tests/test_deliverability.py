@@ -111,7 +111,9 @@ def check_message(kind: str, raw: bytes, *, mailto: bool) -> str:
         assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
         links = re.findall(r"<([^>]+)>", str(message["List-Unsubscribe"]))
         assert links[0].startswith(f"{PUBLIC_URL}/unsubscribe/"), links
-        assert links[1:] == ([f"mailto:{MAILTO}?subject=unsubscribe"] if mailto else [])
+        # The mailto's subject ends with the reader's unsubscribe token: the bounce mailbox reads it.
+        token = links[0].rsplit("/", 1)[1]
+        assert links[1:] == ([f"mailto:{MAILTO}?subject=unsubscribe%20{token}"] if mailto else [])
         for name in ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"):
             assert len(message.get_all(name)) == 1, (kind, name)
     else:  # transactional mail is not a list message
@@ -200,3 +202,16 @@ def test_dkim_key_as_pem_text_and_bad_settings(make_app, dkim_key):
     for bad in ("/nonexistent/dkim.pem", not_a_key):  # the app does not start
         with pytest.raises(ValueError, match="DKIM_PRIVATE_KEY"):
             make_app(DKIM_SELECTOR=SELECTOR, DKIM_PRIVATE_KEY=bad)
+
+
+def test_the_mailto_subject_ends_with_the_readers_token(app):
+    values = {"to": "lasare@example.se", "unsubscribe_url": f"{PUBLIC_URL}/unsubscribe/TOKEN",
+              "unsubscribe_token": "TOKEN", "preferences_url": f"{PUBLIC_URL}/preferences/P"}
+    with app.app_context():
+        for configured, tail in ((MAILTO, "?subject=unsubscribe%20TOKEN"),
+                                 (f"mailto:{MAILTO}?subject=stop", "?subject=stop%20TOKEN"),
+                                 (f"mailto:{MAILTO}?body=hej", "?body=hej&subject=unsubscribe%20TOKEN")):
+            app.config["UNSUBSCRIBE_MAILTO"] = configured
+            prepared = mail.prepare_message(subject="Hej", text="Hej", html="<p>Hej</p>", bulk=True)
+            header = message_from_bytes(prepared.render(values), policy=policy.default)["List-Unsubscribe"]
+            assert str(header) == f"<{PUBLIC_URL}/unsubscribe/TOKEN>, <mailto:{MAILTO}{tail}>"

@@ -23,6 +23,7 @@ import secrets
 from email.header import Header
 from email.utils import formataddr, parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import css_inline
 from flask import current_app, render_template
@@ -37,6 +38,7 @@ from newsletter.engine.prepared import (
 from newsletter.engine.smtp import (
     smtp_address,
 )
+from newsletter.engine.verp import NO_SEND, VerpSigner
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,19 @@ def prepare_message(
         msg._add(_encode_header("List-Id", list_id()))
         msg._add(b"List-Unsubscribe: <")
         msg._add_slot("unsubscribe_url", "header")
-        msg._add(b">" + (f", <{mailto}>".encode() if (mailto := unsubscribe_mailto()) else b""))
+        msg._add(b">")
+        if mailto := unsubscribe_mailto():
+            # The reader's unsubscribe token ends the subject: a reply to it unsubscribes them
+            # when the bounce mailbox reads it (inbound.poll).
+            query = urlsplit(mailto).query
+            last = query.rsplit("&", 1)[-1].lower()
+            if last.startswith("subject="):
+                tail = "%20"
+            else:
+                tail = ("&" if query else "?") + "subject=unsubscribe%20"
+            msg._add(f", <{mailto}{tail}".encode())
+            msg._add_slot("unsubscribe_token", "header")
+            msg._add(b">")
         msg._add(_CRLF + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         msg._add(b"Precedence: bulk\r\nAuto-Submitted: auto-generated\r\n")
     for name, value in (headers or {}).items():
@@ -218,5 +232,26 @@ def build_email(name: str, to: str, locale: str, *, bulk: bool = False, slots: d
     return prepared.render({"to": smtp_address(to)[0], **(slots or {})})
 
 
-def envelope_sender() -> str:
+def envelope_sender(subscriber_id: int | None = None) -> str:
+    """MAIL FROM: MAIL_FROM's address; with BOUNCE_ADDRESS, the subscriber's own VERP address
+    (a single email to a subscriber, of no send)."""
+    signer = verp_signer()
+    if signer is not None and subscriber_id is not None:
+        return signer.sender(NO_SEND, subscriber_id)
     return smtp_address(sender_address()[1])[0]
+
+
+def verp_signer() -> VerpSigner | None:
+    """The signer of VERP envelope senders when BOUNCE_ADDRESS is set, else None."""
+    config = current_app.config
+    address = (config.get("BOUNCE_ADDRESS") or "").strip()
+    if not address:
+        return None
+    key = (address, config["SECRET_KEY"])
+    signer = _verp_signers.get(key)
+    if signer is None:
+        signer = _verp_signers[key] = VerpSigner(*key)
+    return signer
+
+
+_verp_signers: dict[tuple[str, str], VerpSigner] = {}
