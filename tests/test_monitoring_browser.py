@@ -7,9 +7,9 @@ import re
 from datetime import timedelta
 
 import pytest
+from admin_helpers import PASSWORD, make_admin
 from browser_helpers import ARTIFACTS, CHROMIUM, serve
 from conftest import free_port
-from content_helpers import PASSWORD, make_admin
 
 from config import TestConfig
 from newsletter import create_app
