@@ -211,6 +211,8 @@ def housekeeping_job(app: Flask) -> None:
     """Flush the single-mail queue; finish interrupted sends and send approved digests."""
     with app.app_context():
         outbox.flush()
+        if delivery.workers_send():
+            return  # the Celery workers own every send: a worker that starts resumes unfinished ones
         with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
