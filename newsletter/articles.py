@@ -12,6 +12,7 @@ import calendar
 import html
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -164,6 +165,28 @@ def ensure_configured_feeds() -> list[Feed]:
 def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
     """Poll every feed; a broken one is logged and skipped, never stops the others."""
     return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds()]
+
+
+def poll_feeds(now: datetime | None = None, *, time_limit: float, fresh_seconds: float = 0,
+               ) -> list[FetchResult]:
+    """Poll every feed within `time_limit` seconds in all (before a digest is compiled).
+
+    Feeds polled less than `fresh_seconds` ago are left as they are (a preview followed by
+    "send now" polls once). A feed not reached in time is reported as an error, like a broken one.
+    """
+    started = time.monotonic()
+    results = []
+    fresh_after = (now or utcnow()) - timedelta(seconds=fresh_seconds)
+    for feed in ensure_configured_feeds():
+        if fresh_seconds and feed.last_fetched_at and feed.last_fetched_at >= fresh_after:
+            continue
+        left = time_limit - (time.monotonic() - started)
+        if left <= 0.5:
+            results.append(FetchResult(feed_id=feed.id, url=feed.url, status="error",
+                                       error="not polled: the time limit was reached"))
+            continue
+        results.append(fetch_feed(feed, now=now, timeout=min(FETCH_TIMEOUT, left)))
+    return results
 
 
 def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETCH_TIMEOUT) -> FetchResult:

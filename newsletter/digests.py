@@ -18,7 +18,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -30,6 +30,7 @@ from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import delivery, mail
+from .articles import FetchResult, poll_feeds
 from .extensions import db
 from .mail import PreparedMessage
 from .models import Article, Digest, SchedulerLock, Subscriber, Topic, digest_articles, utcnow
@@ -318,10 +319,26 @@ def finish_interrupted_sends() -> list[int]:
     return ids
 
 
-def send_now(now: datetime | None = None, *, period: str | None = None) -> Digest | None:
-    """Finish interrupted sends, then compile and send a new digest. None when nothing is new."""
+# The admin's preview, its "send now" and the API poll the feeds too, but not the ones polled less
+# than this many seconds ago: looking at the preview and then sending polls once.
+WEB_POLL_FRESH_SECONDS = 60
+
+
+def poll_feeds_first(now: datetime | None = None, *, fresh_seconds: float = 0) -> list[FetchResult]:
+    """Poll the feeds before the coming digest is compiled, previewed or tested, within
+    DIGEST_FETCH_SECONDS; what each feed did (failed ones have `ok` False)."""
+    return poll_feeds(now, time_limit=current_app.config["DIGEST_FETCH_SECONDS"],
+                               fresh_seconds=fresh_seconds)
+
+
+def send_now(now: datetime | None = None, *, period: str | None = None,
+             poll: Callable[[], object] | None = None) -> Digest | None:
+    """Finish interrupted sends, then (`poll`, e.g. polling the feeds) compile and send a new
+    digest. None when nothing is new."""
     with send_lease():
         finish_interrupted_sends()
+        if poll is not None:
+            poll()
         digest = prepare_digest(now, period=period)  # the editor's draft, if there is one
         if digest is None:
             return None

@@ -40,11 +40,20 @@ def _next_run():
         return None
 
 
+def _poll_feeds() -> None:
+    """Poll the feeds not polled within the last minute; say which failed."""
+    results = digests.poll_feeds_first(fresh_seconds=digests.WEB_POLL_FRESH_SECONDS)
+    for result in results:
+        if not result.ok:
+            flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=result.error), "error")
+
+
 @bp.get("/digest")
 @role_required("editor")
 def digest():
     """The coming digest as subscribers will see it, with the intro, test and send controls."""
     language = _language(request.args.get("preview"))
+    _poll_feeds()
     now = utcnow()
     coming = digests.coming_digest(now)
     rendered = digests.DigestRenderer(coming).render_public(language) if coming is not None else None
@@ -129,6 +138,7 @@ def digest_test():
 def digest_send():
     """GET: the confirmation step (how many it goes to); POST: compile, send in the background."""
     require_approval = current_app.config["DIGEST_REQUIRE_APPROVAL"]
+    _poll_feeds()
     if request.method == "GET":
         plan = digests.plan_send()
         return render_template("admin/digest_send.html", plan=plan, require_approval=require_approval)
