@@ -163,8 +163,8 @@ def ensure_configured_feeds() -> list[Feed]:
 
 
 def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
-    """Poll every feed; a broken one is logged and skipped, never stops the others."""
-    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds()]
+    """Poll every feed that is not paused; a broken one is logged and skipped, never stops the others."""
+    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds() if not feed.paused]
 
 
 def poll_feeds(now: datetime | None = None, *, time_limit: float, fresh_seconds: float = 0,
@@ -178,6 +178,8 @@ def poll_feeds(now: datetime | None = None, *, time_limit: float, fresh_seconds:
     results = []
     fresh_after = (now or utcnow()) - timedelta(seconds=fresh_seconds)
     for feed in ensure_configured_feeds():
+        if feed.paused:
+            continue
         if fresh_seconds and feed.last_fetched_at and feed.last_fetched_at >= fresh_after:
             continue
         left = time_limit - (time.monotonic() - started)

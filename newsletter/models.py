@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -137,6 +138,8 @@ class Feed(db.Model):
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[str] = mapped_column(String(32), default="")
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # A paused feed is not polled (its articles stay); an editor resumes it.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     topic: Mapped[Topic | None] = relationship(lazy="joined")
 

@@ -21,3 +21,36 @@ def test_upgrade_creates_the_schema_the_models_describe(app_config):
         db.session.execute(db.text("DROP TABLE alembic_version"))
         db.session.commit()
         db.engine.dispose()
+
+
+def test_feed_paused_upgrades_a_database_with_feeds(app_config):
+    """The schema before `feed.paused`, with feeds and their articles, upgrades: nothing paused."""
+    app = create_app(app_config, config_class=TestConfig)
+    init_migrations(app)
+    with app.app_context():
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        upgrade(revision="f6fdcb6059ec")
+        db.session.execute(db.text(
+            "INSERT INTO feed (url, title, last_status, last_error, created_at) VALUES "
+            "('https://norrsken.example/feed/', 'Nyheter', 'ok', '', CURRENT_TIMESTAMP), "
+            "('https://norrsken.example/blogg/feed/', 'Blogg', 'error', 'HTTPError: 500', "
+            "CURRENT_TIMESTAMP)"))
+        db.session.execute(db.text(
+            "INSERT INTO article (source_id, feed_id, title, url, summary, body_html, image_url, image_alt, "
+            "author, published_at, collected_at, updated_at, hidden) VALUES ('g1', 1, 'Rubrik', "
+            "'https://norrsken.example/a/', '', '', '', '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+            "CURRENT_TIMESTAMP, false)"))
+        db.session.commit()
+        upgrade(revision="3b7c1e9a5d20")
+        rows = db.session.execute(db.text("SELECT url, paused, last_error FROM feed ORDER BY id")).all()
+        assert [(url, bool(paused), error) for url, paused, error in rows] == [
+            ("https://norrsken.example/feed/", False, ""),
+            ("https://norrsken.example/blogg/feed/", False, "HTTPError: 500")]
+        assert db.session.execute(db.text("SELECT feed_id FROM article")).scalar_one() == 1
+        db.session.commit()
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE alembic_version"))
+        db.session.commit()
+        db.engine.dispose()

@@ -8,6 +8,7 @@ from flask_babel import gettext as _
 
 from .. import articles as article_service
 from .. import audit, digests
+from .. import feeds as feed_service
 from ..extensions import db
 from ..i18n import local_time
 from ..models import Article, Feed, utcnow
@@ -15,6 +16,7 @@ from ..topics import ensure_topics
 from . import bp
 from .auth import role_required
 from .content_forms import ArticleForm, FeedForm, topic_choices
+from .labels import feed_refusal
 
 ADMIN_FETCH_TIMEOUT = 10  # seconds: an editor waits for "fetch now", so do not wait 20
 RECENT_DAYS = 60
@@ -131,21 +133,88 @@ def _set_hidden(article: Article, hidden: bool):
 @bp.route("/feeds", methods=["GET", "POST"])
 @role_required("editor")
 def feeds():
-    """Feeds with their last fetch result and error; the form adds one."""
-    form = _with_topics(FeedForm())
-    form.topic.choices = [("", _("By the feed's categories"))] + list(form.topic.choices)
+    """Feeds with their last fetch result and error; the form adds one (checked by fetching it)."""
+    form = _feed_form(FeedForm())
     if form.validate_on_submit():
         try:
-            feed = article_service.add_feed(form.url.data, topic_slug=form.topic.data or None)
-        except ValueError as exc:
+            added = feed_service.register_feed(form.url.data, topic_slug=form.topic.data or None)
+        except feed_service.FeedRefused as exc:
             db.session.rollback()
-            form.url.errors.append(_("Could not add: %(reason)s", reason=str(exc)))
+            form.url.errors.append(_("Could not add: %(reason)s", reason=feed_refusal(exc)))
         else:
+            feed = added.feed
             audit.record("feed.add", f"feed:{feed.id}", url=feed.url)
-            flash(_("The feed was added. Fetch it now to see its articles."), "success")
+            if added.result is None:
+                flash(_("This feed was registered already."), "success")
+            else:
+                _refresh_draft()
+                flash(_("The feed was added with %(count)d articles.", count=added.result.added), "success")
             return redirect(url_for("admin.feeds"), 303)
-    feeds = article_service.ensure_configured_feeds()
+    feeds = feed_service.all_feeds()
     return render_template("admin/feeds.html", form=form, feeds=feeds), 200 if not form.errors else 422
+
+
+@bp.route("/feeds/<int:feed_id>", methods=["GET", "POST"])
+@role_required("editor")
+def feed_edit(feed_id: int):
+    """Change a feed's address (checked by fetching it) or section."""
+    feed = _feed_or_404(feed_id)
+    form = _feed_form(FeedForm(obj=None if request.method == "POST" else feed))
+    if request.method == "GET":
+        form.topic.data = feed.topic.slug if feed.topic else ""
+    if form.validate_on_submit():
+        try:
+            feed_service.change_feed(feed, url=form.url.data, topic_slug=form.topic.data or None,
+                                     by_category=not form.topic.data)
+        except feed_service.FeedRefused as exc:
+            db.session.rollback()
+            form.url.errors.append(_("Not changed: %(reason)s", reason=feed_refusal(exc)))
+        else:
+            audit.record("feed.edit", f"feed:{feed.id}", url=feed.url)
+            _refresh_draft()
+            flash(_("The feed was changed."), "success")
+            return redirect(url_for("admin.feeds") + f"#feed-{feed.id}", 303)
+    return render_template("admin/feed_edit.html", form=form, feed=feed), 200 if not form.errors else 422
+
+
+@bp.post("/feeds/<int:feed_id>/<any(pause, resume):action>")
+@role_required("editor")
+def feed_pause(feed_id: int, action: str):
+    """Stop polling a feed, or start again."""
+    feed = feed_service.set_paused(_feed_or_404(feed_id), action == "pause")
+    audit.record(f"feed.{action}", f"feed:{feed.id}")
+    flash(_("The feed is paused: it is not fetched until you resume it.") if feed.paused
+          else _("The feed is fetched again."), "success")
+    return redirect(url_for("admin.feeds") + f"#feed-{feed.id}", 303)
+
+
+@bp.post("/feeds/<int:feed_id>/remove")
+@role_required("editor")
+def feed_remove(feed_id: int):
+    """Remove a feed; its articles stay."""
+    feed = _feed_or_404(feed_id)
+    try:
+        kept = feed_service.remove_feed(feed)
+    except feed_service.FeedRefused as exc:
+        db.session.rollback()
+        flash(_("The feed was not removed: %(reason)s", reason=feed_refusal(exc)), "error")
+        return redirect(url_for("admin.feeds"), 303)
+    audit.record("feed.remove", f"feed:{feed_id}", articles_kept=kept)
+    flash(_("The feed was removed; its %(count)d articles stay.", count=kept), "success")
+    return redirect(url_for("admin.feeds"), 303)
+
+
+def _feed_or_404(feed_id: int) -> Feed:
+    feed = db.session.get(Feed, feed_id)
+    if feed is None:
+        abort(404)
+    return feed
+
+
+def _feed_form(form: FeedForm) -> FeedForm:
+    form = _with_topics(form)
+    form.topic.choices = [("", _("By the feed's categories"))] + list(form.topic.choices)
+    return form
 
 
 @bp.post("/feeds/<int:feed_id>/fetch")
@@ -167,7 +236,8 @@ def feeds_fetch(feed_id: int):
 def feeds_fetch_all():
     """Fetch every feed now."""
     feeds = article_service.ensure_configured_feeds()
-    results = [article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT) for feed in feeds]
+    results = [article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT) for feed in feeds
+               if not feed.paused]
     _refresh_draft()
     audit.record("feed.fetch_all", "feeds", feeds=len(results), added=sum(r.added for r in results))
     _flash_result(results)
