@@ -29,9 +29,10 @@ from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from config import Config  # noqa: E402
-from newsletter import create_app, imports, subscriptions  # noqa: E402
+from newsletter import create_app, subscriptions  # noqa: E402
 from newsletter.extensions import db  # noqa: E402
 from newsletter.models import ConsentEvent, QueuedEmail, Subscriber  # noqa: E402
+from newsletter.subscriptions import imports  # noqa: E402
 
 FIRST = ["Anna", "Erik", "Maria", "Lars", "Karin", "Olle", "Åsa", "Jörgen", "Märta", "Sven", "Lena", "Björn"]
 LAST = ["Lindqvist", "Nilsson", "Öberg", "Holm", "Berg", "Ström", "Ek", "Åkesson", "Sjögren", "Lund"]

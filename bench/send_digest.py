@@ -19,7 +19,7 @@ in the same run:
 - a naive baseline: Jinja render + EmailMessage + smtplib per subscriber, over one
   reused connection, for a sample (extrapolated) or for all N (`--naive-n 0`);
 
-and the ratios against the targets of issue 4. Results go to bench/results/ as JSON.
+and the ratios against the send path's targets. Results go to bench/results/ as JSON.
 The sink is Postfix's `smtp-sink` (installed with apt if missing and we are root)
 or bench/sink.py, an asyncio sink of our own (`--sink asyncio`).
 """
@@ -417,7 +417,7 @@ def seed(app, n: int, articles: int, summary_words: int) -> dict:
 
     from newsletter.extensions import db
     from newsletter.models import Article, Subscriber, subscriber_topics
-    from newsletter.topics import ensure_topics
+    from newsletter.subscriptions.topics import ensure_topics
 
     rng = random.Random(42)
     started = time.monotonic()
@@ -581,9 +581,9 @@ def message_size(app, sample: int = 200) -> dict:
     """Average size of the real messages (from the digest just sent), and the variants."""
     from sqlalchemy import select
 
-    from newsletter import delivery
     from newsletter.digests import DigestRenderer
     from newsletter.extensions import db
+    from newsletter.mail.personal import personal_values
     from newsletter.models import Digest, Subscriber
 
     with app.app_context():
@@ -594,7 +594,7 @@ def message_size(app, sample: int = 200) -> dict:
         for subscriber in db.session.execute(query).scalars():
             prepared = renderer.message_for(subscriber)
             if prepared is not None:
-                sizes.append(len(prepared.render(delivery.personal_values(subscriber))))
+                sizes.append(len(prepared.render(personal_values(subscriber))))
         return {"avg_bytes": round(sum(sizes) / len(sizes)), "min_bytes": min(sizes), "max_bytes": max(sizes),
                 "articles": len(renderer.articles), "variants_in_sample": len(renderer._messages)}
 
@@ -636,9 +636,11 @@ def run_naive(app, sink: Sink, sample: int) -> dict:
     from markupsafe import escape
     from sqlalchemy import select
 
-    from newsletter import delivery, mail
     from newsletter.digests import DigestRenderer
+    from newsletter.engine.prepared import slot
     from newsletter.extensions import db
+    from newsletter.mail import compose as mail
+    from newsletter.mail.personal import personal_values
     from newsletter.models import Digest, Subscriber
 
     with app.app_context():
@@ -660,10 +662,10 @@ def run_naive(app, sink: Sink, sample: int) -> dict:
                 if key is None:
                     continue
                 subject, text, html = renderer.render(key[0], key[1], personal=True)
-                values = delivery.personal_values(subscriber)
+                values = personal_values(subscriber)
                 for name in ("unsubscribe_url", "preferences_url"):
-                    text = text.replace(mail.slot(name), values[name])
-                    html = html.replace(mail.slot(name), str(escape(values[name])))
+                    text = text.replace(slot(name), values[name])
+                    html = html.replace(slot(name), str(escape(values[name])))
                 message = EmailMessage()
                 message["Date"] = format_datetime(datetime.now(UTC))
                 message["From"] = MAIL_FROM

@@ -1,7 +1,7 @@
 """The newsletter service: `create_app()` builds the Flask app.
 
 The package itself imports nothing heavy: the send worker (`python -m
-newsletter.send_worker`, a process of its own for large sends) imports only the
+newsletter.engine.worker`, a process of its own for large sends) imports only the
 Flask-free modules it needs (`smtp`, `prepared`, `links`, `ledger`, `sending`),
 so that each sending process costs a fraction of the memory of a Flask app.
 """
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def create_app(overrides: dict | None = None, config_class: type | None = None) -> Flask:
     """Build the app (see `newsletter.app.create_app`)."""
-    from .app import create_app as build
+    from newsletter.app import create_app as build
 
     if config_class is None:
         return build(overrides)

@@ -11,9 +11,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
-
-from .extensions import MigrationsGroup, babel, csrf, db, limiter, login
-from .i18n import compile_catalogs, select_locale, select_timezone
+from newsletter.extensions import MigrationsGroup, babel, csrf, db, limiter, login
+from newsletter.i18n import compile_catalogs, select_locale, select_timezone
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +32,7 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
         app.config.update(overrides)
     _instance_defaults(app)
     _template_cache(app)
-    from .mail import check_dkim_settings
+    from newsletter.mail.compose import check_dkim_settings
 
     check_dkim_settings(app)  # a bad DKIM key stops the start with a clear error
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
@@ -50,13 +49,13 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     login.init_app(app)
     compile_catalogs()
 
-    from . import models  # noqa: F401  (registers the tables with the metadata)
-    from .admin import bp as admin_bp
-    from .api import bp as api_bp
-    from .cli import register_cli
-    from .hooks import bp as hooks_bp
-    from .i18n import register_template_helpers
-    from .public import bp as public_bp
+    from newsletter import models  # noqa: F401  (registers the tables with the metadata)
+    from newsletter.cli import register_cli
+    from newsletter.i18n import register_template_helpers
+    from newsletter.web.admin import bp as admin_bp
+    from newsletter.web.api import bp as api_bp
+    from newsletter.web.hooks import bp as hooks_bp
+    from newsletter.web.public import bp as public_bp
 
     app.register_blueprint(public_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
@@ -64,7 +63,22 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     app.register_blueprint(hooks_bp, url_prefix="/hooks")
     register_template_helpers(app)
     register_cli(app)
+    _wire_services(app)
     return app
+
+
+def _wire_services(app: Flask) -> None:
+    """What the domain packages reach through the app: the outbox's email renderers, the
+    SQLite settings of the app's engine, and Celery for sends when BROKER_URL is set."""
+    from newsletter.sqlite_tuning import tune_engine
+    from newsletter.subscriptions import emails  # noqa: F401  (registers the subscription emails)
+
+    with app.app_context():
+        tune_engine(db.engine)
+    if app.config.get("BROKER_URL"):
+        from newsletter import tasks
+
+        app.extensions["newsletter.launch_task"] = tasks.launch
 
 
 def _template_cache(app: Flask) -> None:

@@ -27,11 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .extensions import db
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
 
 
 def new_uid() -> str:

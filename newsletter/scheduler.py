@@ -38,9 +38,12 @@ from flask import Flask
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from . import articles, delivery, digests
-from .extensions import db
-from .models import Digest, SchedulerLock, utcnow
+from newsletter import delivery, digests, leases
+from newsletter.digests import feeds
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.mail import outbox
+from newsletter.models import Digest, SchedulerLock
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
         if run_made(period):
             log.info("digest run of %s made already: nothing to do", period)
             return None
-        articles.fetch_all_feeds(now)
+        feeds.fetch_all_feeds(now)
         if app.config["DIGEST_REQUIRE_APPROVAL"]:
             # compile → draft → wait: an editor's approval (admin) sends it; an editor's
             # earlier draft (with its intro) is adopted for this period instead of a second one.
@@ -129,7 +132,7 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
             if digest is not None and digest.status == "draft":
                 log.info("digest %s of %s is a draft waiting for an admin's approval", digest.id, period)
         else:
-            digest = digests.send_now(now, period=period)
+            digest = delivery.send_now(now, period=period)
         if digest is None:
             log.info("no digest for %s: nothing new (or made by another process)", period)
         elif digest.status != "draft":
@@ -175,7 +178,7 @@ def _never_ran() -> bool:
 
 def poll_feeds_job(app: Flask) -> None:
     with app.app_context():
-        results = articles.fetch_all_feeds()
+        results = feeds.fetch_all_feeds()
         log.info("feeds polled: %d new articles, %d failed feeds",
                  sum(r.added for r in results), sum(not r.ok for r in results))
 
@@ -183,18 +186,12 @@ def poll_feeds_job(app: Flask) -> None:
 def housekeeping_job(app: Flask) -> None:
     """Flush the single-mail queue; finish interrupted sends and send approved digests."""
     with app.app_context():
-        try:
-            from . import mail_queue  # written in another issue; absent in early builds
-        except ImportError:
-            mail_queue = None
-        if mail_queue is not None and hasattr(mail_queue, "flush"):
-            mail_queue.flush()
-        with digests.send_lease(wait=False) as held:
+        outbox.flush()
+        with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
-            if hasattr(delivery, "resume_interrupted"):
-                delivery.resume_interrupted()
-            digests.finish_interrupted_sends()
+            delivery.resume_interrupted()
+            delivery.finish_interrupted_sends()
 
 
 def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
@@ -226,7 +223,7 @@ def run(app: Flask) -> None:
     """Run the scheduler in the foreground until stopped. A second one started by mistake waits
     as a standby until the first stops (or dies and its lease runs out)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with app.app_context(), digests.lease(SCHEDULER_LEASE, wait=True, poll=10):
+    with app.app_context(), leases.lease(SCHEDULER_LEASE, wait=True, poll=10):
         scheduler = build_scheduler(app)
         log.info("scheduler started: digest on %r (%s), feeds every %s min, misfire grace %s",
                  app.config["DIGEST_SCHEDULE"], app.config["TIMEZONE"], app.config["FEED_POLL_MINUTES"],

@@ -26,6 +26,7 @@ def _on_connect(dbapi_connection, connection_record) -> None:
         cursor.close()
 
 
-def install() -> None:
-    if not event.contains(Engine, "connect", _on_connect):
-        event.listen(Engine, "connect", _on_connect)
+def tune_engine(engine: Engine) -> None:
+    """WAL and synchronous=NORMAL on every new connection of this engine, if it is SQLite."""
+    if engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _on_connect):
+        event.listen(engine, "connect", _on_connect)

@@ -69,7 +69,7 @@ def flask_app() -> Flask:
         return current_app._get_current_object()  # type: ignore[attr-defined]
     with _lock:
         if _flask_app is None:
-            from . import create_app
+            from newsletter import create_app
 
             _flask_app = create_app()
     return _flask_app
@@ -89,8 +89,8 @@ def _tick() -> None:
 @celery.task(name="newsletter.dispatch_send", acks_late=True)
 def dispatch_send(digest_id: int) -> int:
     """Pin the recipients, then queue a batch task per SEND_BATCH_SIZE open rows."""
-    from . import delivery
-    from .extensions import db
+    from newsletter import delivery
+    from newsletter.extensions import db
 
     app = flask_app()
     with app.app_context():
@@ -114,8 +114,8 @@ def dispatch_send(digest_id: int) -> int:
 @celery.task(name="newsletter.send_batch", acks_late=True)
 def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
     """Send the open rows of the digest with ids in [first_id, last_id] (one connection)."""
-    from . import delivery
-    from .extensions import db
+    from newsletter import delivery
+    from newsletter.extensions import db
 
     app = flask_app()
     with app.app_context():
@@ -132,8 +132,8 @@ def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
 @signals.worker_ready.connect
 def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     """A worker starting finishes what dead senders left: stale claims back, sends dispatched."""
-    from . import delivery
-    from .extensions import db
+    from newsletter import delivery
+    from newsletter.extensions import db
 
     # The threads pool acknowledges a finished task only when the worker's event loop wakes
     # up (celery#6941); with late acks and nothing else arriving it would never take the

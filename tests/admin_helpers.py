@@ -6,7 +6,7 @@ import re
 
 from sqlalchemy import func, select
 
-from newsletter import accounts
+from newsletter.admins import accounts
 from newsletter.extensions import db
 from newsletter.models import AuditEvent, Subscriber, Topic
 
@@ -70,7 +70,7 @@ def add_subscribers(
     prefix: str = "person",
 ) -> list[int]:
     """`n` subscribers inserted directly (fast), returning their ids in insertion order."""
-    from newsletter.topics import ensure_topics
+    from newsletter.subscriptions.topics import ensure_topics
 
     ensure_topics()
     chosen = list(db.session.execute(select(Topic).where(Topic.slug.in_(topics))).scalars()) if topics else []

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from newsletter import api_tokens
+from newsletter.admins import api_tokens
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import AuditEvent, Subscriber, utcnow
-from newsletter.topics import ensure_topics, topics_by_slugs
+from newsletter.models import AuditEvent, Subscriber
+from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
 
 API = "/api/v1"
 
@@ -72,7 +73,7 @@ def csrf_token(html: str) -> str:
 
 def log_in(app, client, email: str, role: str = "admin", password: str = "a long test password") -> None:
     """Create an admin of `role` and log in through the real login form."""
-    from newsletter import accounts
+    from newsletter.admins import accounts
 
     with app.app_context():
         accounts.create_admin(email, password, role=role)

@@ -102,7 +102,7 @@ def now_stamp() -> str:
 
 def sns_sign(message: dict, key: Path, version: str = "1") -> dict:
     """The message with SignatureVersion and Signature, signed by `openssl dgst` as SNS does."""
-    from newsletter.hooks.sns import string_to_sign  # the canonical string per the AWS docs
+    from newsletter.web.hooks.sns import string_to_sign  # the canonical string per the AWS docs
 
     message = {**message, "SignatureVersion": version}
     digest = {"1": "-sha1", "2": "-sha256"}[version]

@@ -37,6 +37,21 @@ elif os.environ.get("CI"):
     raise RuntimeError("CI is set but TEST_DATABASE_URL is not: the PostgreSQL run must not be skipped")
 
 
+# Files whose every test is slow: they start processes (send workers, Celery, `kill -9`) or
+# send thousands of messages. `pytest -m "not slow and not browser"` is the fast subset.
+SLOW_FILES = {"test_delivery_kill.py", "test_delivery_celery.py", "test_delivery_faults.py",
+              "test_send_worker.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        if name.endswith("_browser.py"):
+            item.add_marker(pytest.mark.browser)
+        if name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 # --- PostgreSQL: one throwaway database per test run -----------------------------
 
 
@@ -197,7 +212,7 @@ def body_text(message: EmailMessage, subtype: str = "plain") -> str:
     return part.get_content().replace("\r\n", "\n")
 
 
-# --- issue 2 (subscriptions) ------------------------------------------------------
+# --- subscriptions ------------------------------------------------------
 
 
 @pytest.fixture
@@ -218,7 +233,7 @@ def make_app(app_config):
             db.engine.dispose()
 
 
-# --- issue 3: a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
+# --- a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
 
 
 class FeedServer:

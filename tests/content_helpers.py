@@ -6,10 +6,12 @@ import re
 from datetime import timedelta
 from html.parser import HTMLParser
 
-from newsletter import accounts, articles
+from newsletter.admins import accounts
+from newsletter.digests import articles
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import Subscriber, utcnow
-from newsletter.topics import ensure_topics, topics_by_slugs
+from newsletter.models import Subscriber
+from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
 
 PASSWORD = "correct horse battery staple 42"
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'

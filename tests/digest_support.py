@@ -1,13 +1,13 @@
-"""Helpers shared by the digest tests (issue 3): the fixture feeds, a frozen "now", subscribers."""
+"""Helpers shared by the digest tests: the fixture feeds, a frozen "now", subscribers."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from newsletter import articles
+from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Article, Subscriber
-from newsletter.topics import ensure_topics, topics_by_slugs
+from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
 
 # Monday of ISO week 48, 07:00 in Stockholm: the default DIGEST_SCHEDULE fires then.
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
@@ -26,9 +26,9 @@ OLD_TITLE = "Årsmötet 2026: protokoll och nya styrelsen"
 
 def load_fixture_feeds(feed_server, now: datetime = NOW) -> list:
     """Register both fixture feeds and poll them at `now`."""
-    articles.add_feed(feed_server.url("/nyheter.rss"))
-    articles.add_feed(feed_server.url("/blogg.atom"))
-    return articles.fetch_all_feeds(now)
+    feeds.add_feed(feed_server.url("/nyheter.rss"))
+    feeds.add_feed(feed_server.url("/blogg.atom"))
+    return feeds.fetch_all_feeds(now)
 
 
 def subscriber(email: str, *, language: str = "sv", topics: tuple[str, ...] = (),

@@ -16,7 +16,7 @@ from admin_helpers import (
     post_form,
 )
 
-from newsletter import accounts
+from newsletter.admins import accounts
 from newsletter.extensions import db
 from newsletter.models import Admin, Subscriber
 
@@ -492,9 +492,9 @@ def test_nul_bytes_anywhere_are_400_never_500(app):
 
 
 def test_the_server_logs_a_working_setup_link_when_no_admin_exists(app, caplog):
-    from newsletter.admin import auth
+    from newsletter.web.admin import auth
 
-    with app.app_context(), caplog.at_level("WARNING", logger="newsletter.admin.auth"):
+    with app.app_context(), caplog.at_level("WARNING", logger="newsletter.web.admin.auth"):
         auth.log_setup_link(app)
         auth.log_setup_link(app)  # once per process, not on every visit
     logged = [r.getMessage() for r in caplog.records if "setup?token=" in r.getMessage()]

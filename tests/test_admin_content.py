@@ -14,8 +14,9 @@ from content_helpers import XSS, add_article, add_subscribers, csrf, injected, l
 from sqlalchemy import func, select
 
 from newsletter import delivery, digests, scheduler
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import Article, AuditEvent, Delivery, Digest, Feed, utcnow
+from newsletter.models import Article, AuditEvent, Delivery, Digest, Feed
 
 GET_ROUTES = [
     "/admin/articles", "/admin/articles/new", "/admin/articles/1", "/admin/feeds", "/admin/digest",

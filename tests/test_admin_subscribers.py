@@ -14,9 +14,10 @@ import pytest
 from admin_helpers import add_subscribers, audit_actions, count, csrf_token, logged_in, post_form
 from sqlalchemy import select
 
-from newsletter import stats, subscriptions
+from newsletter import subscriptions
 from newsletter.extensions import db
 from newsletter.models import AuditEvent, ConsentEvent, QueuedEmail, Subscriber
+from newsletter.subscriptions import stats
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 if not FIXTURES.exists():
@@ -398,7 +399,8 @@ def test_dashboard_shows_counts_trend_and_the_next_digest(app):
 
 
 def test_dashboard_shows_what_the_coming_digest_contains_and_the_last_sends(app):
-    from newsletter.models import Article, Delivery, Digest, utcnow
+    from newsletter.engine.clock import utcnow
+    from newsletter.models import Article, Delivery, Digest
 
     now = utcnow()
     with app.app_context():

@@ -24,8 +24,9 @@ from api_helpers import (
 )
 from sqlalchemy import select
 
-from newsletter import delivery, mail_queue
+from newsletter import delivery
 from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
 from newsletter.models import ApiToken, Article, AuditEvent, ConsentEvent, QueuedEmail, Subscriber
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -75,7 +76,7 @@ def test_wrong_token_is_401_invalid_token(client, token):
 
 def test_revoked_token_is_refused(app, client, token, api):
     assert api.get("/subscribers").status_code == 200
-    from newsletter import api_tokens
+    from newsletter.admins import api_tokens
 
     with app.app_context():
         row = db.session.execute(select(ApiToken)).scalar_one()
@@ -604,7 +605,7 @@ def test_token_page_in_chromium_and_the_token_over_http(app):
     with app.app_context():
         if db.engine.dialect.name != "sqlite":
             pytest.skip("the browser run covers the page; the database is covered above")
-        from newsletter import accounts
+        from newsletter.admins import accounts
 
         accounts.create_admin("boss@example.org", "a long test password", role="admin")
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -28,8 +28,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from newsletter import delivery
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import Article, utcnow
+from newsletter.models import Article
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection,

@@ -21,11 +21,13 @@ from bounces_helpers import (
 )
 from sqlalchemy import select
 
-from newsletter import articles, bounces, delivery, digests
+from newsletter import delivery, digests
+from newsletter.delivery import bounces
+from newsletter.digests import articles
 from newsletter.extensions import db
-from newsletter.hooks import sns
 from newsletter.models import ConsentEvent, Delivery, Subscriber
-from newsletter.topics import ensure_topics
+from newsletter.subscriptions.topics import ensure_topics
+from newsletter.web.hooks import sns
 
 SECRET = "s3cret-Ω-webhook-0123456789abcdef"
 CERT_PATH = "/SimpleNotificationService-0123456789abcdef.pem"

@@ -18,10 +18,15 @@ import pytest
 from bounces_helpers import dkim_dns_record, rsa_key
 from sqlalchemy import select
 
-from newsletter import articles, delivery, digests, mail, mail_queue, subscriptions, tokens
+from newsletter import delivery, digests, subscriptions
+from newsletter.digests import articles
+from newsletter.engine.prepared import slot
 from newsletter.extensions import db
+from newsletter.mail import compose as mail
+from newsletter.mail import outbox as mail_queue
 from newsletter.models import Subscriber
-from newsletter.topics import ensure_topics
+from newsletter.subscriptions import tokens
+from newsletter.subscriptions.topics import ensure_topics
 
 PUBLIC_URL = "https://nyhetsbrev.norrsken.example"
 MAILTO = "avregistrera@norrsken.example"
@@ -183,7 +188,7 @@ def test_dkim_key_as_pem_text_and_bad_settings(make_app, dkim_key):
         app = make_app(DKIM_SELECTOR=SELECTOR, DKIM_PRIVATE_KEY=value)
         with app.app_context():
             message = mail.build_email("confirm", "lasare@example.se", "sv",
-                                       slot=mail.slot, slots={"confirm_url": f"{PUBLIC_URL}/confirm/x"})
+                                       slot=slot, slots={"confirm_url": f"{PUBLIC_URL}/confirm/x"})
             assert dkim.verify(message, dnsfunc=dns_for(record))
             assert mail.sign(b"From: a@norrsken.example\r\nTo: b@example.se\r\n\r\nhej\r\n").startswith(
                 b"DKIM-Signature: ")

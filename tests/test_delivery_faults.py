@@ -19,6 +19,7 @@ from delivery_helpers import (
 from sqlalchemy import select
 
 from newsletter import delivery
+from newsletter.engine.sending import parse_window, seconds_until_window
 from newsletter.extensions import db
 from newsletter.models import Admin, ConsentEvent, Delivery, Digest, Subscriber
 
@@ -213,12 +214,12 @@ def test_rate_limit_and_window(make_app, smtp_server):
         began = time.monotonic()
         assert delivery.send_digest(digest_id)["sent"] == 300
         assert time.monotonic() - began >= 1.2  # 300 at 200/s (a burst of 20 at most)
-    window = delivery.parse_window("07:00-21:00")
+    window = parse_window("07:00-21:00")
     zone = ZoneInfo("Europe/Stockholm")
-    assert delivery.seconds_until_window(window, datetime(2026, 11, 25, 12, 0, tzinfo=UTC), zone) == 0
-    assert delivery.seconds_until_window(window, datetime(2026, 11, 25, 5, 0, tzinfo=UTC), zone) == 3600
-    night = delivery.parse_window("22:00-06:00")
-    assert delivery.seconds_until_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), zone) == 0
+    assert seconds_until_window(window, datetime(2026, 11, 25, 12, 0, tzinfo=UTC), zone) == 0
+    assert seconds_until_window(window, datetime(2026, 11, 25, 5, 0, tzinfo=UTC), zone) == 3600
+    night = parse_window("22:00-06:00")
+    assert seconds_until_window(night, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), zone) == 0
 
 
 def test_with_a_rate_limit_the_ledger_hears_of_each_half_second(make_app, smtp_server):
@@ -248,7 +249,7 @@ def test_with_a_rate_limit_the_ledger_hears_of_each_half_second(make_app, smtp_s
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
 def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelining):
-    from newsletter.mail import MailError, SMTPTransport
+    from newsletter.engine.smtp import MailError, SMTPTransport
 
     handler = fault_server(smtp_server)
     handler.pipelining = pipelining
@@ -287,7 +288,7 @@ def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelinin
 def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_server, monkeypatch):
     """An unexpected exception out of the transport (not a MailError): the messages handed to
     it without an outcome are retried on a new connection, each recipient still gets one copy."""
-    from newsletter import mail
+    from newsletter.mail import compose as mail
 
     fault_server(smtp_server)
     real = mail.SMTPTransport.send_many
@@ -318,7 +319,7 @@ def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_
 
 def _failing(monkeypatch, name: str, calls: set[int]):
     """Make Ledger.<name> raise on the given calls (1-based, counted over all threads)."""
-    from newsletter.ledger import Ledger
+    from newsletter.engine.ledger import Ledger
 
     real = getattr(Ledger, name)
     counter = itertools.count(1)
@@ -385,7 +386,7 @@ def test_postgresql_connections_cut_mid_send_lose_and_double_nobody(make_app, sm
 def test_a_claim_given_up_by_a_live_process_is_taken_back(app):
     from sqlalchemy import update
 
-    from newsletter import ledger as send_ledger
+    from newsletter.engine import ledger as send_ledger
 
     with app.app_context():
         digest_id = seed(3)

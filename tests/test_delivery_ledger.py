@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from newsletter import delivery
+from newsletter.engine.ledger import HOST, process_owner
+from newsletter.engine.prepared import slot
 from newsletter.extensions import db
-from newsletter.mail import prepare_message, slot
+from newsletter.mail.compose import prepare_message
+from newsletter.mail.personal import personal_values
 from newsletter.models import Delivery, Digest, Subscriber
 
 
@@ -70,14 +73,14 @@ def test_launch_send_returns_at_once_and_progress_reports(smtp_app, smtp_server)
 
 
 def test_personal_links_are_the_tokens_the_token_module_makes_and_reads(app):
-    from newsletter import tokens
-    from newsletter.links import LinkSigner
+    from newsletter.engine.links import LinkSigner
+    from newsletter.subscriptions import tokens
 
     with app.app_context():
         person = Subscriber(email="Åsa@exämple.se", status="confirmed")
         db.session.add(person)
         db.session.commit()
-        values = delivery.personal_values(person)
+        values = personal_values(person)
         assert values["to"] == "Åsa@xn--exmple-cua.se"
         for purpose in ("unsubscribe", "preferences"):
             token = values[f"{purpose}_url"].rsplit("/", 1)[1]
@@ -100,11 +103,11 @@ def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
 
     from sqlalchemy import update
 
-    from newsletter.models import utcnow
+    from newsletter.engine.clock import utcnow
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    host = delivery.HOST
+    host = HOST
     with app.app_context():
         digest_id = _seed(6)
         delivery.start_send(digest_id)
@@ -112,7 +115,7 @@ def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
         claims = [
             ("sending", f"{host}:{gone.pid}:0:aa", utcnow()),  # a dead sender's message in flight
             ("queued", f"{host}:{gone.pid}:0:bb", utcnow()),  # a dead sender's reservation
-            ("sending", f"{delivery.process_owner()}:cc", utcnow()),  # this process: alive
+            ("sending", f"{process_owner()}:cc", utcnow()),  # this process: alive
             ("sending", "elsewhere:123:0:dd", utcnow() - timedelta(hours=1)),  # silent for an hour
             ("sending", "elsewhere:124:0:ee", utcnow()),  # another machine, busy just now
         ]
@@ -149,7 +152,7 @@ def test_pinning_cut_short_is_finished_by_the_next_sender_with_the_same_recipien
     the next sender pins the rest: those confirmed before the send started, nobody later."""
     from datetime import timedelta
 
-    from newsletter.models import utcnow
+    from newsletter.engine.clock import utcnow
 
     with smtp_app.app_context():
         digest_id = _seed(40)
@@ -178,7 +181,7 @@ def test_a_failed_claim_commits_nothing_and_the_connection_goes_on(app, database
 
     import pytest
 
-    from newsletter.ledger import Results, claim_token, utcnow
+    from newsletter.engine.ledger import Results, claim_token, utcnow
 
     if not database_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's claim (SQLite's is a plain transaction, and enforces neither error)")

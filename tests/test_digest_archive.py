@@ -11,7 +11,8 @@ import pytest
 from conftest import body_text
 from digest_support import NOW, subscriber
 
-from newsletter import articles, delivery, digests
+from newsletter import delivery, digests
+from newsletter.digests import articles
 from newsletter.extensions import db
 from newsletter.models import Digest
 

@@ -16,7 +16,8 @@ from digest_support import NOW, load_fixture_feeds, subscriber
 from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
-from newsletter import articles, digests
+from newsletter import delivery
+from newsletter.digests import articles
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTHS = (375, 800)
@@ -107,7 +108,7 @@ def test_the_digest_email_fits_phones_and_desktops(smtp_app, smtp_server, feed_s
         _add_awkward_article()
         subscriber("alla@example.se")
         subscriber("blog@example.com", language="en", topics=("blogg",))
-        digests.send_now(NOW)
+        delivery.send_now(NOW)
     emails = {m["To"]: body_text(m, "html") for m in smtp_server.messages()}
     for address, lang in (("alla@example.se", "sv"), ("blog@example.com", "en")):
         for width in WIDTHS:
@@ -152,7 +153,7 @@ def test_the_public_archive_fits_phones_and_desktops(smtp_app, feed_server, brow
     with smtp_app.app_context():
         load_fixture_feeds(feed_server)
         subscriber("alla@example.se")
-        digest_id = digests.send_now(NOW).id
+        digest_id = delivery.send_now(NOW).id
     server = make_server("127.0.0.1", 0, smtp_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -9,8 +9,11 @@ import time_machine
 from conftest import body_text
 from digest_support import CURRENT_TITLES, NOW, OLD_TITLE, load_fixture_feeds, subscriber
 
-from newsletter import articles, delivery, digests, mail
+from newsletter import delivery, digests
+from newsletter.digests import articles
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
+from newsletter.mail import compose as mail
 from newsletter.models import Delivery, Digest
 
 
@@ -66,7 +69,7 @@ def test_send_per_subscriber_topics_language_and_headers(smtp_app, smtp_server, 
         subscriber("blog@example.com", language="en", topics=("blogg",))
         subscriber("press@example.se", topics=("pressmeddelanden", "blogg"))
         subscriber("pending@example.se", status="pending")
-        digest = digests.send_now(NOW)
+        digest = delivery.send_now(NOW)
         assert digest.status == "done"
         counts = delivery.send_progress(digest.id)
         assert counts["sent"] == 3 and counts["total"] == 3
@@ -110,7 +113,7 @@ def test_someone_whose_topics_have_nothing_new_gets_nothing(smtp_app, smtp_serve
                              published=NOW)
         subscriber("nyheter@example.se", topics=("nyheter",))
         subscriber("blogg@example.se", topics=("blogg",))
-        digest = digests.send_now(NOW)
+        digest = delivery.send_now(NOW)
         counts = delivery.send_progress(digest.id)
         assert counts["sent"] == 1 and counts["skipped"] == 1
     assert [m["To"] for m in smtp_server.messages()] == ["blogg@example.se"]
@@ -137,7 +140,7 @@ def test_preview_and_test_send_consume_nothing(smtp_app, smtp_server, feed_serve
         load_fixture_feeds(feed_server)
         subject, text, html = digests.preview_coming("sv", NOW)
         assert "/unsubscribe/" not in text + html and "Prenumerera här" in html
-        assert digests.send_test("redaktor@example.se", locale="en", now=NOW)
+        assert delivery.send_test("redaktor@example.se", locale="en", now=NOW)
         assert db.session.execute(db.select(db.func.count()).select_from(Digest)).scalar_one() == 0
         assert db.session.execute(db.select(db.func.count()).select_from(Delivery)).scalar_one() == 0
         assert len(digests.coming_articles(NOW)) == 6
@@ -155,7 +158,7 @@ def test_digest_commands(smtp_app, smtp_server, feed_server, tmp_path):
 def _digest_commands(smtp_app, smtp_server, feed_server, tmp_path):
     runner = smtp_app.test_cli_runner()
     with smtp_app.app_context():
-        load_fixture_feeds(feed_server, now=digests.utcnow())
+        load_fixture_feeds(feed_server, now=utcnow())
         subscriber("alla@example.se")
         subscriber("en@example.com", language="en", topics=("blogg",))
     out = tmp_path / "d.html"

@@ -14,9 +14,11 @@ from datetime import datetime, timedelta
 from digest_helpers import CliProcess, cli_env, digest_count
 from digest_support import NOW, subscriber
 
-from newsletter import articles, delivery, digests
+from newsletter import delivery, digests
+from newsletter.digests import articles
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import Delivery, Digest, utcnow
+from newsletter.models import Delivery, Digest
 
 WAITING = "waiting for another process that holds the lease 'digest-send'"
 PEOPLE = [(f"p{i:02d}@example.se", ("sv", "en")[i % 2], ((), ("blogg",), ("nyheter", "blogg"))[i % 3])

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from digest_support import CURRENT_TITLES, NOW, OLD_TITLE, all_articles, load_fixture_feeds
 
-from newsletter import articles
+from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
 
@@ -64,7 +64,7 @@ def test_second_poll_is_conditional_and_changes_nothing(app, feed_server):
     with app.app_context():
         load_fixture_feeds(feed_server)
         before = {(a.id, a.title, a.published_at) for a in all_articles()}
-        results = articles.fetch_all_feeds(NOW + timedelta(hours=1))
+        results = feeds.fetch_all_feeds(NOW + timedelta(hours=1))
         assert [r.status for r in results] == ["not-modified", "not-modified"]
         assert {(a.id, a.title, a.published_at) for a in all_articles()} == before
         second = [headers for path, headers in feed_server.requests if path == "/nyheter.rss"][1]
@@ -80,7 +80,7 @@ def test_a_changed_feed_updates_and_keeps_the_undated_items_first_collection_tim
         feed_server.files["/nyheter.rss"] = feed_server.files["/nyheter.rss"].replace(
             b"Efter tv\xc3\xa5 \xc3\xa5rs", b"Efter tre \xc3\xa5rs")
         later = NOW + timedelta(days=1)
-        result = articles.fetch_all_feeds(later)[0]
+        result = feeds.fetch_all_feeds(later)[0]
         assert (result.status, result.added, result.updated) == ("ok", 0, 6)
         column = db.session.execute(
             db.select(Article).filter_by(source_id="https://norrsken.example/?p=2195")).scalar_one()
@@ -98,7 +98,7 @@ def test_a_broken_feed_is_recorded_and_skipped(app, feed_server, problem, caplog
         else:
             feed_server.files["/broken"] = {"404": 404, "500": 500}.get(problem, b"<html>no feed</html>")
             bad_url = feed_server.url("/broken")
-        articles.add_feed(bad_url)
+        feeds.add_feed(bad_url)
         results = load_fixture_feeds(feed_server)
         assert [r.status for r in results] == ["error", "ok", "ok"]
         assert results[0].error
@@ -118,7 +118,7 @@ def test_feed_urls_setting_registers_feeds(app_config, feed_server):
     app = create_app(app_config, config_class=TestConfig)
     _reset_database(app)
     with app.app_context():
-        results = articles.fetch_all_feeds(NOW)
+        results = feeds.fetch_all_feeds(NOW)
         assert [r.url for r in results] == app_config["FEED_URLS"]
         assert len(all_articles()) == 7
         db.session.remove()
@@ -127,13 +127,13 @@ def test_feed_urls_setting_registers_feeds(app_config, feed_server):
 
 def test_feed_with_a_topic_puts_every_article_there(app, feed_server):
     with app.app_context():
-        feed = articles.add_feed(feed_server.url("/blogg.atom"), topic_slug="nyheter")
-        articles.fetch_feed(feed, now=NOW)
+        feed = feeds.add_feed(feed_server.url("/blogg.atom"), topic_slug="nyheter")
+        feeds.fetch_feed(feed, now=NOW)
         assert {a.topic.slug for a in all_articles()} == {"nyheter"}
         with pytest.raises(ValueError):
-            articles.add_feed("javascript:alert(1)")
+            feeds.add_feed("javascript:alert(1)")
         with pytest.raises(ValueError):
-            articles.add_feed(feed_server.url("/x"), topic_slug="no-such-topic")
+            feeds.add_feed(feed_server.url("/x"), topic_slug="no-such-topic")
 
 
 def test_feeds_cli_add_fetch_list(runner, feed_server):

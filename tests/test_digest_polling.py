@@ -8,7 +8,7 @@ from api_helpers import Api, make_token
 from content_helpers import csrf, log_in
 from digest_support import NOW, subscriber
 
-from newsletter import articles, digests
+from newsletter import digests
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
 
@@ -94,7 +94,7 @@ def test_the_poll_keeps_to_its_time_limit(app, feed_server):
 def test_a_feed_polled_a_moment_ago_is_not_polled_again_by_the_web(app, feed_server):
     _register_feeds(app, feed_server, "/nyheter.rss")
     with app.app_context():
-        articles.fetch_all_feeds()
+        digests.fetch_all_feeds()
         assert digests.poll_feeds_first(fresh_seconds=60) == []
         assert len(digests.poll_feeds_first()) == 1
     assert len(feed_server.requests) == 2

@@ -17,7 +17,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from digest_helpers import digest_count, run_scheduler_at
 from digest_support import NOW, subscriber
 
-from newsletter import articles, scheduler
+from newsletter import scheduler
+from newsletter.digests import articles, feeds
 from newsletter.extensions import db
 from newsletter.models import Digest
 
@@ -166,8 +167,8 @@ def test_nothing_new_logs_a_skip_makes_no_digest_and_is_not_run_again(smtp_app, 
 
 def test_feed_polling_job_and_the_weekly_run_poll_the_feeds(smtp_app, smtp_server, feed_server, caplog):
     with smtp_app.app_context():
-        articles.add_feed(feed_server.url("/nyheter.rss"))
-        articles.add_feed(feed_server.url("/blogg.atom"))
+        feeds.add_feed(feed_server.url("/nyheter.rss"))
+        feeds.add_feed(feed_server.url("/blogg.atom"))
         subscriber("a@example.se")
     caplog.set_level(logging.INFO, logger="newsletter.scheduler")
     polled: list = []
@@ -204,8 +205,8 @@ def test_feed_polling_job_and_the_weekly_run_poll_the_feeds(smtp_app, smtp_serve
 def test_the_weekly_run_polls_the_feeds_itself(smtp_app, smtp_server, feed_server):
     with smtp_app.app_context():
         subscriber("a@example.se")
-        articles.add_feed(feed_server.url("/nyheter.rss"))  # registered, never polled
-        articles.add_feed(feed_server.url("/blogg.atom"))
+        feeds.add_feed(feed_server.url("/nyheter.rss"))  # registered, never polled
+        feeds.add_feed(feed_server.url("/blogg.atom"))
     assert scheduler.weekly_job(smtp_app, scheduled=FIRE, now=FIRE) is not None
     with smtp_app.app_context():
         assert _digest_summary() == ("done", 6)

@@ -72,7 +72,7 @@ def test_an_editor_manages_feeds_in_a_real_browser(browser_app, feed_server):
             page.get_by_text("Could not add: the server answered 404 Not Found").first.wait_for()
             _shot(page, "feeds-refused")
 
-            page.get_by_role("textbox", name="Feed address (RSS or Atom)").fill(feed_server.url("/nyheter.rss"))
+            address.fill(feed_server.url("/nyheter.rss"))
             page.get_by_role("button", name="Add feed").click()
             page.get_by_text("The feed was added with 5 articles.").wait_for()
             row = page.locator("table.feeds tbody tr")

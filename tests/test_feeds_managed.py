@@ -7,7 +7,8 @@ from api_helpers import Api, make_token
 from content_helpers import csrf, log_in
 from sqlalchemy import func, select
 
-from newsletter import articles, feeds
+from newsletter import digests
+from newsletter.digests import feed_registry as feeds
 from newsletter.extensions import db
 from newsletter.models import Article, AuditEvent, Feed
 
@@ -83,7 +84,7 @@ def test_a_feed_set_in_feed_urls_is_paused_not_removed(make_app, feed_server):
     assert result.exit_code == 1 and "this feed is set in FEED_URLS" in result.output
     assert runner.invoke(args=["feeds", "pause", "1"]).exit_code == 0
     with app.app_context():
-        assert articles.fetch_all_feeds() == []
+        assert digests.fetch_all_feeds() == []
 
 
 # --- the admin ---------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from email import message_from_bytes, policy
 from conftest import body_text
 
 from newsletter import create_app
-from newsletter.mail import MailError, prepare_message, slot, transport_from_url
+from newsletter.engine.prepared import slot
+from newsletter.engine.smtp import MailError
+from newsletter.mail.compose import prepare_message, transport_from_url
 
 
 def test_healthz_reports_database_ok(client):

@@ -9,10 +9,12 @@ from conftest import FIXTURES
 from sqlalchemy import func, select, text
 from subs_helpers import count, subscriber
 
-from newsletter import imports, subscriptions
+from newsletter import subscriptions
+from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
-from newsletter.imports import ImportFailed, import_csv
 from newsletter.models import ConsentEvent, QueuedEmail, Subscriber, subscriber_topics
+from newsletter.subscriptions import imports
+from newsletter.subscriptions.imports import ImportFailed, import_csv
 
 
 def run_import(data: bytes | str, *, confirmed=False, filename="list.csv", **options):
@@ -71,7 +73,7 @@ def test_the_fixture_file_imports_the_good_rows_and_reports_each_bad_one_by_line
         assert (event.kind, event.source) == ("import", "import")
         assert event.detail["file"] == "subscribers.csv" and event.detail["layout"] == "newsletter"
         assert event.detail["line"] == 2 and event.detail["confirmed"] is False
-        assert event.email_hash == subscriptions.email_hash("anna.lindqvist@example.se")
+        assert event.email_hash == email_hash("anna.lindqvist@example.se")
 
 
 def test_a_mailchimp_export_keeps_the_opt_in_and_confirmation_evidence(app):

@@ -1,4 +1,4 @@
-"""The bulk-send hot path (issue 4, "Fast"): same bytes and same choices as the slow way.
+"""The bulk-send hot path: same bytes and same choices as the slow way.
 
 The SMTP transport's own dot-stuffing, pipelining and reply checks against real SMTP
 servers, the prepared message's render and wire forms against straightforward
@@ -15,8 +15,10 @@ import pytest
 from delivery_helpers import PipeliningServer
 from markupsafe import escape
 
-from newsletter import mail
 from newsletter.digests import DigestRenderer
+from newsletter.engine.prepared import _qp, dot_stuffed, slot
+from newsletter.engine.smtp import MailError, Outgoing
+from newsletter.mail import compose as mail
 from newsletter.models import Article, Digest, Subscriber, Topic
 
 
@@ -30,7 +32,7 @@ def _reference_render(prepared: mail.PreparedMessage, values: dict[str, str]) ->
         else:
             if encoding == "html":
                 value = str(escape(value))
-            parts.append(b"=\r\n" + mail._qp(value) + b"=\r\n")
+            parts.append(b"=\r\n" + _qp(value) + b"=\r\n")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -39,10 +41,10 @@ def test_render_matches_the_reference_and_makes_up_date_and_message_id(app):
     with app.app_context():
         prepared = mail.prepare_message(
             subject="Veckans nyheter – åäö",
-            text=f"Hej!\n.en rad som börjar med punkt\nAvsluta: {mail.slot('unsubscribe_url')}\n"
-                 f"Inställningar: {mail.slot('preferences_url')}\n",
-            html=f'<p><a href="{mail.slot("unsubscribe_url")}">Avsluta</a> '
-                 f'<a href="{mail.slot("preferences_url")}">Inställningar</a></p>',
+            text=f"Hej!\n.en rad som börjar med punkt\nAvsluta: {slot('unsubscribe_url')}\n"
+                 f"Inställningar: {slot('preferences_url')}\n",
+            html=f'<p><a href="{slot("unsubscribe_url")}">Avsluta</a> '
+                 f'<a href="{slot("preferences_url")}">Inställningar</a></p>',
             bulk=True,
         )
         values = {
@@ -111,7 +113,7 @@ def test_transport_reports_a_refused_recipient_and_sends_the_next(smtp_server, p
     transport = mail.SMTPTransport(url)
     try:
         transport.send("bounce@example.com", "reader@example.com", b"Subject: a\r\n\r\nbody\r\n")
-        with pytest.raises(mail.MailError) as refused:
+        with pytest.raises(MailError) as refused:
             transport.send("bounce@example.com", "slow@example.com", b"Subject: b\r\n\r\nbody\r\n")
         assert refused.value.code == 451 and not refused.value.permanent
         transport.send("bounce@example.com", "other@example.com", b"Subject: c\r\n\r\nbody\r\n")
@@ -129,8 +131,8 @@ def test_wire_is_the_rendered_message_dot_stuffed(app):
     with app.app_context():
         prepared = mail.prepare_message(
             subject="Punkter",
-            text=f".först\n{mail.slot('unsubscribe_url')}\n.efter länken\n..två\n.",
-            html=f'<p>.x</p>\n.<a href="{mail.slot("preferences_url")}">.</a>',
+            text=f".först\n{slot('unsubscribe_url')}\n.efter länken\n..två\n.",
+            html=f'<p>.x</p>\n.<a href="{slot("preferences_url")}">.</a>',
             bulk=True,
         )
         for link in ("http://newsletter.test/u/abc.def", "http://newsletter.test/u/" + "a" * 70 + ".b.c" * 30,
@@ -138,7 +140,7 @@ def test_wire_is_the_rendered_message_dot_stuffed(app):
             values = {"to": "a@example.com", "message_id": "<1@x>", "date": "Mon, 23 Nov 2026 07:00:00 +0000",
                       "unsubscribe_url": link, "preferences_url": link}
             wire = prepared.wire(values)
-            assert wire == mail._stuffed(prepared.render(values))
+            assert wire == dot_stuffed(prepared.render(values))
             assert wire.endswith(b"\r\n.\r\n")
 
 
@@ -162,7 +164,7 @@ def test_send_many_pipelines_a_stream_and_reports_each_message(smtp_server):
     handler.handle_DATA = cut_r9
     transport = mail.SMTPTransport(smtp_server.url)
     message = b"Subject: s\r\n\r\n.dot\r\nbody\r\n"
-    stream = [mail.Outgoing(n, f"r{n}@example.se", mail._stuffed(message)) for n in range(12)]
+    stream = [Outgoing(n, f"r{n}@example.se", dot_stuffed(message)) for n in range(12)]
     connections = []
 
     def messages():

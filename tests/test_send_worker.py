@@ -10,15 +10,19 @@ import threading
 from delivery_helpers import ROOT, fault_server, ledger, seed
 from sqlalchemy import select
 
-from newsletter import delivery, send_worker
+from newsletter import delivery
+from newsletter.delivery.send import send_job
 from newsletter.digests import DigestRenderer
+from newsletter.engine import worker as send_worker
+from newsletter.engine.sending import SendSettings
 from newsletter.extensions import db
 from newsletter.models import Delivery, Digest, Subscriber
 
 
 def test_the_send_worker_imports_neither_flask_nor_sqlalchemy():
     """What keeps a worker small: a Python, its database driver, and our Flask-free modules."""
-    code = ("import sys, newsletter.send_worker; print(','.join(sorted({m.split('.')[0] for m in sys.modules}"
+    code = ("import sys, newsletter.engine.worker;"
+            " print(','.join(sorted({m.split('.')[0] for m in sys.modules}"
             " & {'flask', 'sqlalchemy', 'jinja2', 'werkzeug', 'babel', 'css_inline', 'celery'})))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             check=True)
@@ -55,8 +59,8 @@ def test_a_worker_leaves_a_variant_it_was_not_given_to_the_app_process(make_app,
         digest_id = seed(30)  # every third subscriber reads English
         delivery.start_send(digest_id)
         renderer = DigestRenderer(db.session.get(Digest, digest_id))
-        settings = delivery.SendSettings.from_config(app.config)
-        job = delivery.worker_jobs(renderer, [delivery._send_job(digest_id, settings, 2, 0)])[0]
+        settings = SendSettings.from_config(app.config)
+        job = delivery.worker_jobs(renderer, [send_job(digest_id, settings, 2, 0)])[0]
         english = {key for key in job.variants if key[0] == "en"}
         assert english and len(job.variants) > len(english)
         job.variants = {key: message for key, message in job.variants.items() if key not in english}
@@ -109,7 +113,7 @@ def _workers_of(pid: int) -> list[int]:
                 command = cmd.read()
         except (OSError, ValueError, IndexError):
             continue
-        if parent == pid and b"newsletter.send_worker" in command:
+        if parent == pid and b"newsletter.engine.worker" in command:
             found.append(int(entry))
     return found
 

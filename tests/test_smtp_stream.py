@@ -8,13 +8,15 @@ import threading
 
 from delivery_helpers import PipeliningServer, fault_server
 
-from newsletter import mail
+from newsletter.engine.prepared import dot_stuffed
+from newsletter.engine.smtp import Outgoing
+from newsletter.mail import compose as mail
 
 MESSAGE = b"Subject: s\r\n\r\nbody\r\n"
 
 
-def _stream(*recipients: str) -> list[mail.Outgoing]:
-    return [mail.Outgoing(r, r, mail._stuffed(MESSAGE + r.encode() + b"\r\n")) for r in recipients]
+def _stream(*recipients: str) -> list[Outgoing]:
+    return [Outgoing(r, r, dot_stuffed(MESSAGE + r.encode() + b"\r\n")) for r in recipients]
 
 
 def test_utf8_recipient_after_an_accepted_message_on_a_server_without_smtputf8(smtp_server):

@@ -13,8 +13,9 @@ from conftest import FIXTURES, ROOT, _reset_database, body_text
 from sqlalchemy import select
 from subs_helpers import confirm_links, count, nothing_stored, subscriber
 
-from newsletter import create_app, mail_queue, subscriptions
+from newsletter import create_app, subscriptions
 from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
 from newsletter.models import AuditEvent, ConsentEvent, QueuedEmail, Subscriber
 
 

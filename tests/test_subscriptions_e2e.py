@@ -11,8 +11,8 @@ from conftest import body_text
 from subs_helpers import confirm_links, count, form_fields, subscriber
 from werkzeug.serving import make_server
 
-from newsletter import mail_queue
 from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
 from newsletter.models import ConsentEvent
 
 

@@ -11,9 +11,11 @@ from conftest import free_port
 from sqlalchemy import select
 from subs_helpers import subscriber
 
-from newsletter import mail_queue, subscriptions
+from newsletter import subscriptions
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import QueuedEmail, utcnow
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import QueuedEmail
 
 
 def _rows():

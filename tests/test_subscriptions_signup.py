@@ -6,11 +6,15 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from sqlalchemy import select
 from subs_helpers import count, form_fields, nothing_stored, signup, subscriber
 
-from newsletter import mail_queue, subscriptions
-from newsletter.mail import MemoryTransport
-from newsletter.models import ConsentEvent, QueuedEmail, Subscriber, utcnow
+from newsletter import subscriptions
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
+from newsletter.mail.compose import MemoryTransport
+from newsletter.models import ConsentEvent, QueuedEmail, Subscriber
 
 
 def outbox(app) -> list:
@@ -186,7 +190,7 @@ def test_no_topic_chosen_means_all_topics(app, client):
 def test_the_signup_is_in_the_ledger_with_source_version_ip_and_user_agent(app, client):
     signup(client, "ledger@example.se", headers={"User-Agent": "Testläsare/1.0"})
     with app.app_context():
-        event = subscriptions.db.session.execute(subscriptions.select(ConsentEvent)).scalar_one()
+        event = db.session.execute(select(ConsentEvent)).scalar_one()
         assert (event.kind, event.source) == ("signup", "form")
         assert event.wording_version == app.config["CONSENT_VERSION"]
         assert event.ip == "127.0.0.1" and event.user_agent == "Testläsare/1.0"
@@ -278,7 +282,7 @@ def test_embedded_json_signup_needs_no_csrf_and_is_recorded_as_embed(embed_app):
     with embed_app.app_context():
         person = subscriber("embed@example.se")
         assert person.language == "en" and [t.slug for t in person.topics] == ["blogg"]
-        event = subscriptions.db.session.execute(subscriptions.select(ConsentEvent)).scalar_one()
+        event = db.session.execute(select(ConsentEvent)).scalar_one()
         assert event.source == "embed"
 
 

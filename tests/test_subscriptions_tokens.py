@@ -6,11 +6,14 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from sqlalchemy import select
 from subs_helpers import count, form_fields, subscriber
 
-from newsletter import subscriptions, tokens
+from newsletter import subscriptions
+from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, utcnow
+from newsletter.models import ConsentEvent
+from newsletter.subscriptions import tokens
 
 
 def _pending(app, email="anna@example.se"):
@@ -127,7 +130,7 @@ def test_the_unsubscribe_page_button_posts_without_csrf_and_is_idempotent(app, c
     with app.app_context():
         person = subscriber("anna@example.se")
         assert person.status == "unsubscribed" and person.generation == 1
-        kinds = [e.kind for e in db.session.execute(subscriptions.select(ConsentEvent)).scalars()]
+        kinds = [e.kind for e in db.session.execute(select(ConsentEvent)).scalars()]
         assert kinds.count("unsubscribe") == 1
 
 

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
-    from . import admin, articles, digest, feeds, scheduler, subscribers
+    from newsletter.cli import admin, articles, digest, feeds, scheduler, subscribers
 
     for module in (subscribers, feeds, articles, digest, scheduler, admin):
         app.cli.add_command(module.group)

@@ -8,8 +8,8 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from .. import accounts, audit
-from ..models import ADMIN_ROLES
+from newsletter.admins import accounts, audit
+from newsletter.models import ADMIN_ROLES
 
 group = AppGroup("admin", help="Manage admin accounts.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from .. import articles
+from newsletter.digests import articles
 
 group = AppGroup("articles", help="Articles that are not in any feed.")
 

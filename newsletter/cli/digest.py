@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .. import delivery, digests
+from newsletter import delivery, digests
 
 group = AppGroup("digest", help="The weekly digest.")
 
@@ -62,14 +62,14 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None, no_fetch:
     if (test_to or dry_run) and not no_fetch:
         _poll_feeds()
     if test_to:
-        if not digests.send_test(test_to, locale=_language(lang)):
+        if not delivery.send_test(test_to, locale=_language(lang)):
             raise click.ClickException("nothing new for a digest: no test sent")
         click.echo(f"test sent to {test_to}")
         return
     if dry_run:
         _dry_run()
         return
-    digest = digests.send_now(poll=None if no_fetch else _poll_feeds)
+    digest = delivery.send_now(poll=None if no_fetch else _poll_feeds)
     if digest is None:
         click.echo("nothing new: no digest compiled")
         return
@@ -78,7 +78,7 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None, no_fetch:
 
 
 def _dry_run() -> None:
-    plan = digests.plan_send()
+    plan = delivery.plan_send()
     if plan is None:
         click.echo("nothing new: no digest would be sent")
         return

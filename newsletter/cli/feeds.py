@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from .. import articles, feeds
+from newsletter.digests import feed_registry as feeds
+from newsletter.digests import feeds as polling
 
 group = AppGroup("feeds", help="Register, change, pause, remove and poll RSS/Atom feeds.")
 
@@ -84,7 +85,7 @@ def _feed(key: str):
 @group.command("fetch")
 def fetch_command() -> None:
     """Poll every feed now (FEED_URLS included); exits 1 if any feed failed."""
-    results = articles.fetch_all_feeds()
+    results = polling.fetch_all_feeds()
     for result in results:
         line = f"{result.status:13} +{result.added} new, {result.updated} updated  {result.url}"
         if result.error:

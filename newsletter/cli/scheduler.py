@@ -11,6 +11,6 @@ from flask.cli import with_appcontext
 @with_appcontext
 def group() -> None:
     """Run the weekly digest, feed polling and housekeeping jobs until stopped."""
-    from .. import scheduler  # APScheduler, for this command only (not for every `flask` command)
+    from newsletter import scheduler  # APScheduler, for this command only (not for every `flask` command)
 
     scheduler.run(current_app._get_current_object())  # type: ignore[attr-defined]

@@ -14,9 +14,12 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .. import audit, imports, mail_queue, subscriptions
-from ..extensions import db
-from ..models import SUBSCRIBER_STATES, QueuedEmail, Topic
+from newsletter import subscriptions
+from newsletter.admins import audit
+from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import SUBSCRIBER_STATES, QueuedEmail, Topic
+from newsletter.subscriptions import imports
 
 group = AppGroup("subscribers", help="Manage subscribers: add, import, export.")
 

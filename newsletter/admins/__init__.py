@@ -1,0 +1,1 @@
+"""Admins: accounts and roles, API tokens, and the audit log of what they did."""

@@ -1,0 +1,77 @@
+"""The short report admins get when a send ends: done, cancelled, or paused by an error storm."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from newsletter.engine.clock import utcnow
+from newsletter.engine.smtp import MailError
+from newsletter.extensions import db
+from newsletter.mail import compose as mail
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import Admin, Delivery, Digest
+
+log = logging.getLogger(__name__)
+
+REASONS = ("done", "cancelled", "error_storm")
+
+
+def summary_context(digest_id: int, reason: str) -> dict:
+    digest = db.session.get(Digest, digest_id)
+    db.session.refresh(digest)
+    counts = dict(db.session.execute(
+        select(Delivery.state, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.state)
+    ).all())
+    started = digest.started_at
+    end = digest.finished_at or utcnow()
+    seconds = int((end - started).total_seconds()) if started else 0
+    sent = counts.get("sent", 0)
+    return {
+        "digest": digest,
+        "reason": reason,
+        "sent": sent,
+        "bounced": counts.get("bounced", 0),
+        "failed": counts.get("failed", 0),
+        "skipped": counts.get("skipped", 0),
+        "left": counts.get("queued", 0) + counts.get("sending", 0),
+        "total": sum(counts.values()),
+        "seconds": seconds,
+        "rate": round(sent / seconds, 1) if seconds else sent,
+        "error": digest.error,
+        "admin_url": f"{current_app.config['PUBLIC_URL']}/admin/",
+    }
+
+
+def send_summary(digest_id: int, reason: str) -> int:
+    """Email the summary to every active admin (in their language); returns how many got it.
+    Sent at once; what the server does not take now goes through the mail queue."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown reason {reason!r}")
+    admins = list(db.session.execute(select(Admin).where(Admin.active.is_(True))).scalars())
+    if not admins:
+        return 0
+    context = summary_context(digest_id, reason)
+    transport = None
+    queued = 0
+    try:
+        for admin in admins:
+            locale = admin.language if admin.language in current_app.config["LANGUAGES"] else \
+                current_app.config["DEFAULT_LOCALE"]
+            message = mail.build_email("send_summary", admin.email, locale, **context)
+            try:
+                transport = transport or mail.transport_from_url()
+                transport.send(mail.envelope_sender(), admin.email, message)
+            except MailError as exc:
+                log.warning("summary to %s not sent now (%s): queued", admin.email, exc)
+                mail_queue.enqueue("send_summary", to=admin.email, message=message)
+                queued += 1
+    finally:
+        if transport is not None:
+            transport.close()
+    if queued:
+        db.session.commit()
+        mail_queue.wake()
+    return len(admins)

@@ -1,7 +1,0 @@
-"""Public pages: subscribe, confirm, unsubscribe, preferences, archive, health."""
-
-from flask import Blueprint
-
-bp = Blueprint("public", __name__)
-
-from . import archive, routes  # noqa: E402,F401  (registers the views on bp)

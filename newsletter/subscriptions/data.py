@@ -1,0 +1,75 @@
+"""A subscriber's own data: their profile, a copy of everything kept (access), and erasure."""
+
+from __future__ import annotations
+
+from flask import current_app
+from sqlalchemy import delete, select
+
+from newsletter.engine.ledger import email_hash
+from newsletter.extensions import db
+from newsletter.models import (
+    ConsentEvent,
+    Delivery,
+    QueuedEmail,
+    Subscriber,
+)
+from newsletter.subscriptions.consent import check_source
+from newsletter.subscriptions.topics import topic_slugs
+
+
+def iso(value) -> str | None:
+    """A datetime as ISO 8601, None as None (for JSON)."""
+    return value.isoformat() if value else None
+
+
+def subscriber_profile(subscriber: Subscriber) -> dict:
+    """The person's subscription as plain data (the data export and the API share it)."""
+    return {
+        "email": subscriber.email,
+        "name": subscriber.name,
+        "status": subscriber.status,
+        "language": subscriber.language,
+        "topics": topic_slugs(subscriber),
+        "follows_all_topics": not subscriber.topics,
+        "created_at": iso(subscriber.created_at),
+        "confirmed_at": iso(subscriber.confirmed_at),
+        "unsubscribed_at": iso(subscriber.unsubscribed_at),
+    }
+
+
+def subscriber_data(subscriber: Subscriber) -> dict:
+    """Everything we hold about the person (GDPR access and portability)."""
+    events = db.session.execute(
+        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id).order_by(ConsentEvent.id)
+    ).scalars()
+    deliveries = db.session.execute(
+        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
+    ).scalars()
+    return {
+        **subscriber_profile(subscriber),
+        "consent_events": [
+            {"kind": e.kind, "source": e.source, "time": iso(e.created_at), "wording_version":
+             e.wording_version, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail}
+            for e in events
+        ],
+        "deliveries": [
+            {"digest": d.digest_id, "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
+        ],
+    }
+
+
+def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
+    """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace."""
+    hashed, sid = email_hash(subscriber.email), subscriber.id
+    # Explicit deletes, not ON DELETE CASCADE: SQLite does not enforce foreign keys by default.
+    for statement in (
+        delete(ConsentEvent).where(ConsentEvent.subscriber_id == sid),
+        delete(Delivery).where(Delivery.subscriber_id == sid),
+        delete(QueuedEmail).where(QueuedEmail.subscriber_id == sid),
+    ):
+        db.session.execute(statement.execution_options(synchronize_session=False))
+    db.session.delete(subscriber)  # with its topic links (the ORM removes the secondary rows)
+    db.session.add(ConsentEvent(subscriber_id=None, email_hash=hashed, kind="erase",
+                                source=check_source(source),
+                                wording_version=current_app.config["CONSENT_VERSION"]))
+    db.session.commit()

@@ -1,0 +1,42 @@
+"""The emails of the subscription flow (confirmation, welcome, preferences link), rendered
+when the outbox sends them; registered with the outbox by the app factory."""
+
+from __future__ import annotations
+
+from newsletter.engine.prepared import slot
+from newsletter.mail import outbox as mail_queue
+from newsletter.mail.compose import prepare_message, render_email, smtp_address
+from newsletter.mail.personal import personal_values
+from newsletter.models import (
+    Subscriber,
+)
+from newsletter.subscriptions import tokens
+
+
+def _prepared(cache: dict, name: str, locale: str, *, bulk: bool = False):
+    key = (name, locale)
+    if key not in cache:
+        subject, text, html = render_email(name, locale, slot=slot)
+        cache[key] = prepare_message(subject=subject, text=text, html=html, bulk=bulk)
+    return cache[key]
+
+
+@mail_queue.renderer("confirm")
+def _confirm_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+    if subscriber.status != "pending":  # confirmed or unsubscribed since it was queued
+        return None
+    return _prepared(cache, "confirm", subscriber.language).render(
+        {"to": smtp_address(subscriber.email)[0], "confirm_url": tokens.confirm_url(subscriber)})
+
+
+@mail_queue.renderer("welcome")
+def _welcome_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+    if subscriber.status != "confirmed":
+        return None
+    return _prepared(cache, "welcome", subscriber.language, bulk=True).render(personal_values(subscriber))
+
+
+@mail_queue.renderer("preferences_link")
+def _preferences_link_email(subscriber: Subscriber, cache: dict) -> bytes | None:
+    return _prepared(cache, "preferences_link", subscriber.language).render(
+        {"to": smtp_address(subscriber.email)[0], "preferences_url": tokens.preferences_url(subscriber)})

@@ -1,0 +1,208 @@
+"""The subscription rules: signup (double opt-in), confirmation, unsubscribe,
+preferences, data export and erasure, and the consent ledger behind them.
+
+Views, CLI and the admin are thin over these functions. Every change to
+someone's consent is a ConsentEvent. Emails are queued (mail_queue) in the same
+transaction as the change that calls for them, never sent from here.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.extensions import db
+from newsletter.mail import outbox as mail_queue
+from newsletter.models import (
+    QueuedEmail,
+    Subscriber,
+    utcnow,
+)
+from newsletter.subscriptions import tokens
+from newsletter.subscriptions.consent import check_source, record_event
+from newsletter.subscriptions.validation import (
+    InvalidInput,
+    check_language,
+    check_topics,
+    normalise_email,
+    validate_signup,
+)
+
+
+class SubscriberExists(ValueError):
+    """add_subscriber was given an address that is already on the list."""
+
+
+class LinkSuperseded(tokens.TokenError):
+    """A well-signed confirmation link that no longer applies (unsubscribed since)."""
+
+
+# --- lookups ----------------------------------------------------------------------
+
+
+def find_subscriber(email: str) -> Subscriber | None:
+    """The subscriber with this address (normalised), or None, also for an invalid address."""
+    try:
+        address = normalise_email(email)
+    except InvalidInput:
+        return None
+    return db.session.execute(select(Subscriber).where(Subscriber.email == address)).scalar_one_or_none()
+
+
+def subscriber_by_uid(uid: str) -> Subscriber | None:
+    return db.session.execute(select(Subscriber).where(Subscriber.uid == uid)).scalar_one_or_none()
+
+
+def subscriber_from_token(purpose: str, token: str) -> Subscriber | None:
+    """The subscriber an unsubscribe or preferences token names (None if erased); TokenError."""
+    return subscriber_by_uid(tokens.read_subscriber_token(purpose, token).uid)
+
+
+# --- signup and confirmation --------------------------------------------------------
+
+
+def _resend_due(subscriber: Subscriber) -> bool:
+    sent = subscriber.confirmation_sent_at
+    window = timedelta(minutes=current_app.config["CONFIRM_RESEND_MINUTES"])
+    return sent is None or utcnow() - sent >= window
+
+
+def _queue_confirmation(subscriber: Subscriber) -> None:
+    subscriber.confirmation_sent_at = utcnow()
+    mail_queue.enqueue("confirm", to=subscriber.email, subscriber_id=subscriber.id)
+
+
+def _locked_by_email(address: str) -> Subscriber | None:
+    # FOR UPDATE (PostgreSQL) serialises two signups of one address: one resend, not two.
+    return db.session.execute(
+        select(Subscriber).where(Subscriber.email == address).with_for_update()
+    ).scalar_one_or_none()
+
+
+def request_signup(email, *, topics, language, name: str = "", source: str = "form", ip: str = "",
+                   user_agent: str = "") -> None:
+    """Ask for a subscription: the same outcome for the caller whatever the address's state.
+
+    New: a pending subscriber and a confirmation email. Pending: the choices are
+    updated and the confirmation resent, at most once per CONFIRM_RESEND_MINUTES.
+    Confirmed: nothing at all. Unsubscribed or bounced: pending again, and must
+    confirm again (the generation bumped at unsubscribe keeps old links dead).
+    """
+    address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
+    check_source(source)
+    subscriber = _locked_by_email(address)
+    if subscriber is None:
+        subscriber = Subscriber(email=address, name=name, language=language, status="pending",
+                                topics=chosen)
+        db.session.add(subscriber)
+        try:
+            db.session.flush()
+        except IntegrityError:  # inserted by a concurrent request a moment ago
+            db.session.rollback()
+            subscriber = _locked_by_email(address)
+            if subscriber is None:
+                raise
+    if subscriber.status == "confirmed":
+        db.session.rollback()  # nothing changes, nothing is sent, nothing is told
+        return
+    if subscriber.status != "pending":
+        subscriber.status = "pending"
+        subscriber.confirmation_sent_at = None  # a new subscription: confirm it now
+    subscriber.language, subscriber.topics = language, chosen
+    if name:
+        subscriber.name = name
+    record_event(subscriber, "signup", source=source, ip=ip, user_agent=user_agent,
+                 detail={"topics": [t.slug for t in chosen], "language": language})
+    if _resend_due(subscriber):
+        _queue_confirmation(subscriber)
+    db.session.commit()
+    mail_queue.wake()
+
+
+def subscriber_for_confirm(token: str) -> Subscriber:
+    """The subscriber a confirmation token is for, without changing anything (GET is scanner-safe)."""
+    data = tokens.read_confirm_token(token)
+    subscriber = subscriber_by_uid(data.uid)
+    if subscriber is None:
+        raise tokens.TokenError("no such subscriber")
+    if subscriber.generation != data.generation or subscriber.status not in ("pending", "confirmed"):
+        raise LinkSuperseded("the subscription was ended after this link was sent")
+    return subscriber
+
+
+def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> Subscriber:
+    """Confirm (idempotent); the welcome email follows. TokenError/TokenExpired/LinkSuperseded."""
+    subscriber = subscriber_for_confirm(token)
+    if subscriber.status == "confirmed":
+        return subscriber
+    subscriber.status = "confirmed"
+    subscriber.confirmed_at = utcnow()
+    record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
+    mail_queue.enqueue("welcome", to=subscriber.email, subscriber_id=subscriber.id)
+    db.session.commit()
+    mail_queue.wake()
+    return subscriber
+
+
+def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> None:
+    """End the subscription (idempotent); confirmation links sent before stop working."""
+    if subscriber.status == "unsubscribed":
+        return
+    subscriber.status = "unsubscribed"
+    subscriber.unsubscribed_at = utcnow()
+    subscriber.generation += 1
+    record_event(subscriber, "unsubscribe", source=source, ip=ip, user_agent=user_agent)
+    db.session.commit()
+
+
+def update_preferences(subscriber: Subscriber, *, topics, language, source: str = "form", ip: str = "",
+                       user_agent: str = "") -> None:
+    """Change topics (none = all) and language, with a ledger event."""
+    chosen, language = check_topics(topics), check_language(language)
+    subscriber.topics, subscriber.language = chosen, language
+    record_event(subscriber, "preferences", source=source, ip=ip, user_agent=user_agent,
+                 detail={"topics": [t.slug for t in chosen], "language": language})
+    db.session.commit()
+
+
+def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> None:
+    """Email a fresh preferences link if the address is known; the caller cannot tell."""
+    address = normalise_email(email)
+    subscriber = find_subscriber(address)
+    if subscriber is None:
+        return
+    since = utcnow() - timedelta(minutes=current_app.config["CONFIRM_RESEND_MINUTES"])
+    recent = db.session.execute(
+        select(func.count()).select_from(QueuedEmail).where(
+            QueuedEmail.subscriber_id == subscriber.id, QueuedEmail.kind == "preferences_link",
+            QueuedEmail.created_at >= since)
+    ).scalar_one()
+    if recent:
+        return
+    mail_queue.enqueue("preferences_link", to=subscriber.email, subscriber_id=subscriber.id)
+    db.session.commit()
+    mail_queue.wake()
+
+
+def add_subscriber(email, *, name: str = "", language: str | None = None, topics=(), confirmed: bool = False,
+                   source: str = "admin", detail: dict | None = None) -> Subscriber:
+    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email."""
+    address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
+    if find_subscriber(address) is not None:
+        raise SubscriberExists(f"{address} is already on the list")
+    now = utcnow()
+    subscriber = Subscriber(email=address, name=name, language=language, topics=chosen,
+                            status="confirmed" if confirmed else "pending",
+                            confirmed_at=now if confirmed else None)
+    db.session.add(subscriber)
+    db.session.flush()
+    record_event(subscriber, "import" if source == "import" else "admin", source=source,
+                 detail={"confirmed": confirmed, **(detail or {})})
+    if not confirmed:
+        _queue_confirmation(subscriber)
+    db.session.commit()
+    mail_queue.wake()
+    return subscriber

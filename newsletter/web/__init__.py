@@ -1,0 +1,1 @@
+"""The web entry points: the public pages, the admin, the JSON API and the webhooks (blueprints)."""
