@@ -50,6 +50,7 @@ def _scalar(app, query):
             db.session.remove()
 
 
+@pytest.mark.browser
 def test_an_editor_manages_feeds_in_a_real_browser(browser_app, feed_server):
     app = browser_app
     with serve(app, free_port()) as base, sync_api.sync_playwright() as playwright:
