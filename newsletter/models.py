@@ -184,7 +184,10 @@ class Digest(db.Model):
     period: Mapped[str | None] = mapped_column(String(32), unique=True)
     subject_sv: Mapped[str] = mapped_column(String(300), default="")
     subject_en: Mapped[str] = mapped_column(String(300), default="")
-    intro: Mapped[str] = mapped_column(Text, default="")  # editor's intro, plain text
+    # The editor's intro, plain text, per language: `intro` is the Swedish one. A language
+    # without one gets no intro (never the other language's).
+    intro: Mapped[str] = mapped_column(Text, default="")
+    intro_en: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     compiled_for: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -194,6 +197,10 @@ class Digest(db.Model):
     articles: Mapped[list[Article]] = relationship(
         secondary=digest_articles, order_by=digest_articles.c.position, lazy="selectin"
     )
+
+    def intro_for(self, locale: str) -> str:
+        """The editor's intro for readers of this language ("" when there is none)."""
+        return (self.intro_en if locale == "en" else self.intro) or ""
 
 
 DELIVERY_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")

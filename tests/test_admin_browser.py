@@ -163,7 +163,7 @@ def _articles(page, base: str) -> None:
 
 def _digest_preview_and_test(page, base: str, smtp_server) -> None:
     page.goto(f"{base}/admin/digest")
-    page.get_by_role("textbox", name="Editor's intro").fill(
+    page.get_by_role("textbox", name="Intro in Swedish").fill(
         "Hej alla!\n\nVeckans brev kommer från en riktig webbläsare.")
     page.get_by_role("button", name="Save intro").click()
     page.get_by_text("The intro was saved on the draft.").wait_for()

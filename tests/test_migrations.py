@@ -54,3 +54,27 @@ def test_feed_paused_upgrades_a_database_with_feeds(app_config):
         db.session.execute(db.text("DROP TABLE alembic_version"))
         db.session.commit()
         db.engine.dispose()
+
+
+def test_digest_intro_en_upgrades_a_database_with_digests(app_config):
+    """A digest written before intros per language keeps its intro (as the Swedish one)."""
+    app = create_app(app_config, config_class=TestConfig)
+    init_migrations(app)
+    with app.app_context():
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        upgrade(revision="3b7c1e9a5d20")
+        db.session.execute(db.text(
+            "INSERT INTO digest (status, subject_sv, subject_en, intro, created_at, compiled_for, "
+            "recipient_count, error) VALUES ('done', 'Vecka 48', 'Week 48', 'Hej alla!', "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 3, '')"))
+        db.session.commit()
+        upgrade(revision="8d2f4a6c1e73")
+        row = db.session.execute(db.text("SELECT status, intro, intro_en FROM digest")).one()
+        assert tuple(row) == ("done", "Hej alla!", "")
+        db.session.commit()
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE alembic_version"))
+        db.session.commit()
+        db.engine.dispose()

@@ -56,7 +56,7 @@ def coming_articles(now: datetime | None = None) -> list[Article]:
 
 
 def compile_digest(now: datetime | None = None, *, period: str | None = None,
-                   intro: str = "") -> Digest | None:
+                   intro: str = "", intro_en: str = "") -> Digest | None:
     """A new draft digest of the coming articles, or None when nothing is new or another
     process compiled this period (or these articles) first."""
     now = now or utcnow()
@@ -68,7 +68,8 @@ def compile_digest(now: datetime | None = None, *, period: str | None = None,
         if not articles:
             log.info("no new articles: no digest")
             return None
-        digest = Digest(status="draft", period=period, compiled_for=now, intro=(intro or "").strip())
+        digest = Digest(status="draft", period=period, compiled_for=now, intro=(intro or "").strip(),
+                        intro_en=(intro_en or "").strip())
         try:
             db.session.add(digest)
             db.session.flush()

@@ -58,7 +58,8 @@ def coming_digest(now: datetime | None = None) -> Digest | None:
     articles = _draft_articles(draft, now) if draft is not None else coming_articles(now)
     if not articles:
         return None
-    digest = Digest(status="draft", compiled_for=now, intro=draft.intro if draft is not None else "")
+    digest = Digest(status="draft", compiled_for=now, intro=draft.intro if draft is not None else "",
+                    intro_en=draft.intro_en if draft is not None else "")
     digest.articles = articles
     if digest in db.session:  # never let a preview be flushed as a real digest
         db.session.expunge(digest)
@@ -113,14 +114,18 @@ def prepare_digest(now: datetime | None = None, *, period: str | None = None) ->
     return draft if draft.articles else None
 
 
-def set_intro(intro: str, now: datetime | None = None) -> Digest | None:
-    """Save the editor's intro (plain text, paragraphs split by a blank line) on the draft,
-    compiling one if there is none. None when there is nothing to send."""
-    intro = (intro or "").replace("\r\n", "\n").strip()
+def set_intro(intro: str | None, now: datetime | None = None, *,
+              intro_en: str | None = None) -> Digest | None:
+    """Save the editor's intros (plain text, paragraphs split by a blank line): `intro` the
+    Swedish one, `intro_en` the English one; None leaves one as it is. On the draft, compiling
+    one if there is none. None when there is nothing to send."""
+    texts = {name: (value or "").replace("\r\n", "\n").strip()
+             for name, value in (("intro", intro), ("intro_en", intro_en)) if value is not None}
     draft = current_draft()
     if draft is None:
-        return compile_digest(now, intro=intro)
-    draft.intro = intro
+        return compile_digest(now, **texts)
+    for name, value in texts.items():
+        setattr(draft, name, value)
     db.session.commit()
     return refresh_draft(draft, now)
 

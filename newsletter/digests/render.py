@@ -140,7 +140,7 @@ class DigestRenderer:
             org_name=_org_name(),
             week=self.local_date.isocalendar().week,
             date_label=format_date(self.local_date, "d MMMM y", locale=locale),
-            intro_paragraphs=[p.strip() for p in (self.digest.intro or "").split("\n\n") if p.strip()],
+            intro_paragraphs=[p.strip() for p in self.digest.intro_for(locale).split("\n\n") if p.strip()],
             sections=sections,
             lead=lead,
             headline=headline,

@@ -59,7 +59,8 @@ def digest():
     coming = digests.coming_digest(now)
     rendered = digests.DigestRenderer(coming).render_public(language) if coming is not None else None
     draft = digests.current_draft()
-    intro_form = IntroForm(intro=draft.intro if draft is not None else "")
+    intro_form = IntroForm(intro=draft.intro if draft is not None else "",
+                           intro_en=draft.intro_en if draft is not None else "")
     test_form = TestSendForm(language=language)
     return render_template(
         "admin/digest.html", coming=coming, rendered=rendered, language=language, draft=draft,
@@ -104,13 +105,15 @@ def digest_intro():
     """Save the editor's intro on the draft (a draft is compiled if there is none)."""
     form = IntroForm()
     if not form.validate_on_submit():
-        flash(_("The intro could not be saved: %(errors)s", errors=" ".join(form.intro.errors)), "error")
+        errors = form.intro.errors + form.intro_en.errors
+        flash(_("The intro could not be saved: %(errors)s", errors=" ".join(errors)), "error")
         return redirect(url_for("admin.digest"), 303)
-    draft = digests.set_intro(form.intro.data or "")
+    draft = digests.set_intro(form.intro.data or "", intro_en=form.intro_en.data or "")
     if draft is None:
         flash(_("There is nothing new for a digest yet, so there is nothing to write an intro for."), "error")
     else:
-        audit.record("digest.intro", f"digest:{draft.id}", length=len(draft.intro))
+        audit.record("digest.intro", f"digest:{draft.id}", length=len(draft.intro),
+                     length_en=len(draft.intro_en))
         flash(_("The intro was saved on the draft."), "success")
     return redirect(url_for("admin.digest"), 303)
 

@@ -64,8 +64,8 @@ def trigger_digest():
                                             "cancel it first.")
     digest_service.poll_feeds_first(fresh_seconds=digest_service.WEB_POLL_FRESH_SECONDS)
     now = utcnow()
-    if "intro" in data:
-        digest_service.set_intro(data["intro"], now)  # on the draft, as the admin's digest page does
+    if "intro" in data or "intro_en" in data:  # on the draft, as the admin's digest page does
+        digest_service.set_intro(data.get("intro"), now, intro_en=data.get("intro_en"))
     digest = digest_service.prepare_digest(now)
     if digest is None:
         return "", 204

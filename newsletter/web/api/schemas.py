@@ -111,8 +111,11 @@ def feed_patch() -> dict:
 
 def digest_trigger() -> dict:
     return {"type": "object", "additionalProperties": False,
-            "properties": {"intro": {"type": "string", "maxLength": 10000,
-                                     "description": "The editor's intro, plain text, on top."}}}
+            "properties": {
+                "intro": {"type": "string", "maxLength": 10000,
+                          "description": "The editor's intro for Swedish readers, plain text, on top."},
+                "intro_en": {"type": "string", "maxLength": 10000,
+                             "description": "The intro for English readers (none when empty)."}}}
 
 
 def component_schemas() -> dict:
@@ -126,6 +129,7 @@ def component_schemas() -> dict:
         "subject_sv": {"type": "string"},
         "subject_en": {"type": "string"},
         "intro": {"type": "string"},
+        "intro_en": {"type": "string"},
         "created_at": TIME,
         "compiled_for": TIME,
         "started_at": NULLABLE_TIME,
