@@ -188,6 +188,9 @@ class Digest(db.Model):
     # without one gets no intro (never the other language's).
     intro: Mapped[str] = mapped_column(Text, default="")
     intro_en: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Bytes of the HTML part of the largest variant in each language, measured when compiled
+    # ({"sv": 41234, "en": 40321}): the admin warns before Gmail would clip it (about 102 KB).
+    html_sizes: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     compiled_for: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -56,8 +56,9 @@ def test_feed_paused_upgrades_a_database_with_feeds(app_config):
         db.engine.dispose()
 
 
-def test_digest_intro_en_upgrades_a_database_with_digests(app_config):
-    """A digest written before intros per language keeps its intro (as the Swedish one)."""
+def test_digest_intro_en_and_html_sizes_upgrade_a_database_with_digests(app_config):
+    """A digest written before intros per language keeps its intro (as the Swedish one), and
+    has no measured sizes."""
     app = create_app(app_config, config_class=TestConfig)
     init_migrations(app)
     with app.app_context():
@@ -73,6 +74,10 @@ def test_digest_intro_en_upgrades_a_database_with_digests(app_config):
         upgrade(revision="8d2f4a6c1e73")
         row = db.session.execute(db.text("SELECT status, intro, intro_en FROM digest")).one()
         assert tuple(row) == ("done", "Hej alla!", "")
+        db.session.commit()
+        upgrade(revision="c5e8a1f3b962")  # html_sizes: none for a digest compiled before
+        row = db.session.execute(db.text("SELECT intro, intro_en, html_sizes FROM digest")).one()
+        assert tuple(row) == ("Hej alla!", "", None)
         db.session.commit()
         db.drop_all()
         db.session.execute(db.text("DROP TABLE alembic_version"))

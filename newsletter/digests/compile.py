@@ -86,6 +86,7 @@ def compile_digest(now: datetime | None = None, *, period: str | None = None,
         renderer = DigestRenderer(digest)
         digest.subject_sv = renderer.subject("sv")
         digest.subject_en = renderer.subject("en")
+        digest.html_sizes = renderer.html_sizes()
         db.session.commit()
         log.info("digest %s compiled with %d articles", digest.id, len(articles))
         return digest

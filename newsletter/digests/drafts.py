@@ -89,6 +89,7 @@ def refresh_draft(draft: Digest, now: datetime | None = None) -> Digest:
         renderer = DigestRenderer(draft)
         draft.subject_sv = renderer.subject("sv")
         draft.subject_en = renderer.subject("en")
+        draft.html_sizes = renderer.html_sizes()
         db.session.commit()
     return draft
 

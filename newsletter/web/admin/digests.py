@@ -18,6 +18,10 @@ from newsletter.web.admin.content_forms import IntroForm, TestSendForm
 
 # The preview is an email, not a page of ours: no scripts, no forms, no same-origin access,
 # even if something slipped through the sanitiser. The iframe's sandbox says the same.
+# Gmail clips a message whose HTML passes about 102 KB (and hides the unsubscribe footer): warn
+# well before it.
+SIZE_WARNING_BYTES = 90 * 1024
+
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; " \
               "font-src https: data:; frame-ancestors 'self'"
 
@@ -57,14 +61,17 @@ def digest():
     _poll_feeds()
     now = utcnow()
     coming = digests.coming_digest(now)
-    rendered = digests.DigestRenderer(coming).render_public(language) if coming is not None else None
+    renderer = digests.DigestRenderer(coming) if coming is not None else None
+    rendered = renderer.render_public(language) if renderer is not None else None
+    sizes = renderer.html_sizes() if renderer is not None else {}
     draft = digests.current_draft()
     intro_form = IntroForm(intro=draft.intro if draft is not None else "",
                            intro_en=draft.intro_en if draft is not None else "")
     test_form = TestSendForm(language=language)
     return render_template(
         "admin/digest.html", coming=coming, rendered=rendered, language=language, draft=draft,
-        intro_form=intro_form, test_form=test_form, next_run=_next_run(),
+        intro_form=intro_form, test_form=test_form, next_run=_next_run(), sizes=sizes,
+        size_warning=SIZE_WARNING_BYTES, section_max=current_app.config["DIGEST_SECTION_MAX"],
         require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
         sending=[d for d in digests.latest_digests(5) if d.status in ("sending", "paused")],
     )
