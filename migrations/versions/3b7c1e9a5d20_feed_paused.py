@@ -1,7 +1,7 @@
 """feed.paused: an editor may pause a feed (it is not polled; its articles stay)
 
 Revision ID: 3b7c1e9a5d20
-Revises: f6fdcb6059ec
+Revises: 0f2fb58524b2
 Create Date: 2026-12-02 11:20:00
 
 """
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "3b7c1e9a5d20"
-down_revision = "f6fdcb6059ec"
+down_revision = "0f2fb58524b2"
 branch_labels = None
 depends_on = None
 

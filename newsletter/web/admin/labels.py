@@ -51,5 +51,12 @@ def feed_refusal(refused) -> str:
     return reason.get(refused.reason, str(refused))
 
 
-for _filter in (subscriber_state, digest_state, delivery_state, consent_kind):
+def suppression_label(reason: str) -> str:
+    return {
+        "unsubscribed": _("unsubscribed"), "bounced": _("bounced"), "complained": _("complained"),
+        "erased": _("erased"), "imported": _("opted out in an imported list"),
+    }.get(reason, reason)
+
+
+for _filter in (subscriber_state, digest_state, delivery_state, consent_kind, suppression_label):
     bp.add_app_template_filter(_filter)
