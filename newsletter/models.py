@@ -157,6 +157,10 @@ class Article(db.Model):
     collected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     hidden: Mapped[bool] = mapped_column(Boolean, default=False)  # left out of digests
+    # Put in the coming digest by an editor although it is older than DIGEST_MAX_AGE_DAYS.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The editor's order within its section of the coming digest (None: newest first, after these).
+    digest_rank: Mapped[int | None] = mapped_column(Integer)
     topic: Mapped[Topic | None] = relationship(lazy="joined")
 
 

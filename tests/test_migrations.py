@@ -119,3 +119,28 @@ def test_digest_intro_en_and_html_sizes_upgrade_a_database_with_digests(app_conf
         db.session.execute(db.text("DROP TABLE alembic_version"))
         db.session.commit()
         db.engine.dispose()
+
+
+def test_article_pinned_and_rank_upgrade_a_database_with_articles(app_config):
+    """Articles stored before editors could pin and order them: none pinned, none ordered."""
+    app = create_app(app_config, config_class=TestConfig)
+    init_migrations(app)
+    with app.app_context():
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+        upgrade(revision="c5e8a1f3b962")
+        db.session.execute(db.text(
+            "INSERT INTO article (source_id, title, url, summary, body_html, image_url, image_alt, "
+            "author, published_at, collected_at, updated_at, hidden) VALUES ('g1', 'Rubrik', "
+            "'https://norrsken.example/a/', '', '', '', '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, "
+            "CURRENT_TIMESTAMP, true)"))
+        db.session.commit()
+        upgrade(revision="e4a9c2d7f815")
+        row = db.session.execute(db.text("SELECT title, hidden, pinned, digest_rank FROM article")).one()
+        assert (row[0], bool(row[1]), bool(row[2]), row[3]) == ("Rubrik", True, False, None)
+        db.session.commit()
+        db.drop_all()
+        db.session.execute(db.text("DROP TABLE alembic_version"))
+        db.session.commit()
+        db.engine.dispose()

@@ -115,6 +115,32 @@ def articles_unhide(article_id: int):
     return _set_hidden(db.get_or_404(Article, article_id), False)
 
 
+@bp.post("/articles/<int:article_id>/include")
+@role_required("editor")
+def articles_include(article_id: int):
+    """Put an article in the coming digest although it is older than DIGEST_MAX_AGE_DAYS."""
+    article = db.get_or_404(Article, article_id)
+    try:
+        digests.include_article(article)
+    except ValueError:
+        db.session.rollback()
+        flash(_("This article was sent in an earlier digest and cannot be changed there."), "error")
+        return redirect(url_for("admin.articles"), 303)
+    audit.record("article.include", f"article:{article.id}", title=article.title)
+    flash(_("“%(title)s” is in the coming digest.", title=article.title), "success")
+    return redirect(url_for("admin.articles") + f"#article-{article.id}", 303)
+
+
+@bp.post("/articles/<int:article_id>/move/<any(up, down):direction>")
+@role_required("editor")
+def articles_move(article_id: int, direction: str):
+    """Move an article up or down within its section of the coming digest."""
+    article = db.get_or_404(Article, article_id)
+    if digests.move_article(article, -1 if direction == "up" else 1):
+        audit.record("article.move", f"article:{article.id}", direction=direction)
+    return redirect(url_for("admin.articles") + f"#article-{article.id}", 303)
+
+
 def _set_hidden(article: Article, hidden: bool):
     in_digest = digests.digests_of([article.id]).get(article.id)
     if in_digest is not None and in_digest.status not in digests.DRAFT_STATES:
