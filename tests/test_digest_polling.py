@@ -8,7 +8,7 @@ from api_helpers import Api, make_token
 from content_helpers import csrf, log_in
 from digest_support import NOW, subscriber
 
-from newsletter import digests
+from newsletter import delivery, digests
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
 
@@ -113,6 +113,8 @@ def test_the_admins_preview_and_send_now_poll_the_feeds(app, feed_server):
         assert client.get("/admin/digest/send").status_code == 200
         response = client.post("/admin/digest/send", data={"csrf_token": csrf(client, "/admin/digest")})
     assert response.status_code == 303
+    with app.app_context():
+        delivery.wait_for_sends(30)  # the send runs in a thread: let it end with the test
     assert _article_count(app) == 5
     # The page and the send came within a minute of the first poll: each feed polled once.
     assert sorted(path for path, _ in feed_server.requests) == ["/borta.rss", "/nyheter.rss"]
@@ -131,6 +133,8 @@ def test_the_api_polls_before_its_preview_and_send(app, feed_server):
             db.session.commit()
         response = api.post("/digests")
     assert response.status_code == 202, response.json
+    with app.app_context():
+        delivery.wait_for_sends(30)
     assert _titles(app, "13 miljoner")
     assert len(feed_server.requests) == 2
 
