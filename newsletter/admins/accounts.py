@@ -75,7 +75,7 @@ def create_admin(email: str, password: str, *, role: str = "admin", language: st
     admin = Admin(email=address, password_hash=hash_password(password), role=role,
                   language=language or current_app.config["DEFAULT_LOCALE"], active=True, session_version=0)
     db.session.add(admin)
-    db.session.commit()
+    db.session.flush()
     return admin
 
 
@@ -104,7 +104,7 @@ def authenticate(email: str, password: str) -> Admin | None:
     if hasher.check_needs_rehash(admin.password_hash):  # the cost settings were raised
         admin.password_hash = hasher.hash(password)
     admin.last_login_at = utcnow()
-    db.session.commit()
+    db.session.flush()
     return admin
 
 
@@ -117,7 +117,7 @@ def change_password(admin: Admin, current: str, new: str) -> None:
     check_password_strength(new, admin.email)
     admin.password_hash = hash_password(new)
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def set_active(admin: Admin, active: bool) -> None:
@@ -131,7 +131,7 @@ def set_active(admin: Admin, active: bool) -> None:
             raise AccountError("last_admin", "the last active admin cannot be deactivated")
     admin.active = active
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def list_admins() -> list[Admin]:

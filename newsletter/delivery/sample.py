@@ -12,6 +12,7 @@ from newsletter.digests.render import DigestRenderer, digest_locale
 from newsletter.extensions import db
 from newsletter.mail import compose as mail
 from newsletter.mail.personal import personal_values
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import Subscriber
 
 
@@ -32,7 +33,7 @@ def send_test(email: str, *, locale: str, now: datetime | None = None) -> bool:
         public_url = current_app.config["PUBLIC_URL"]
         values = {"to": mail.smtp_address(email)[0], "unsubscribe_url": f"{public_url}/subscribe",
                   "preferences_url": f"{public_url}/subscribe"}
-    transport = mail.transport_from_url()
+    transport = transport_from_url()
     try:
         transport.send(mail.envelope_sender(), email, prepared.render(values))
     finally:
