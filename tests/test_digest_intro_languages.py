@@ -3,9 +3,9 @@ and a language without an intro gets none (never the other language's)."""
 
 from __future__ import annotations
 
+from admin_helpers import add_article, add_subscribers, csrf_token, log_in
 from api_helpers import Api, make_token
 from conftest import body_text
-from content_helpers import add_article, add_subscribers, csrf, log_in
 
 from newsletter import delivery, digests
 from newsletter.extensions import db
@@ -29,8 +29,8 @@ def test_each_language_gets_its_own_intro(smtp_app, smtp_server):
     with smtp_app.app_context():
         digests.set_intro("Hej alla!\n\nVeckans nyheter.", intro_en="Hello everyone!")
         delivery.send_now()
-    sv_text, sv_html = _mail_to(smtp_server, "svensk0@example.se")
-    en_text, en_html = _mail_to(smtp_server, "english0@example.se")
+    sv_text, sv_html = _mail_to(smtp_server, "svensk0@example.org")
+    en_text, en_html = _mail_to(smtp_server, "english0@example.org")
     assert "Hej alla!" in sv_text and "Veckans nyheter." in sv_html and "Hello everyone!" not in sv_text
     assert "Hello everyone!" in en_text and "Hello everyone!" in en_html
     assert "Hej alla!" not in en_text and "Hej alla!" not in en_html
@@ -41,8 +41,8 @@ def test_a_language_without_an_intro_gets_none(smtp_app, smtp_server):
     with smtp_app.app_context():
         digests.set_intro("Hej alla!")
         delivery.send_now()
-    sv_text, _ = _mail_to(smtp_server, "svensk0@example.se")
-    en_text, en_html = _mail_to(smtp_server, "english0@example.se")
+    sv_text, _ = _mail_to(smtp_server, "svensk0@example.org")
+    en_text, en_html = _mail_to(smtp_server, "english0@example.org")
     assert "Hej alla!" in sv_text
     assert "Hej alla!" not in en_text and "Hej alla!" not in en_html
     assert 'class="card intro"' not in en_html
@@ -53,7 +53,7 @@ def test_the_admin_saves_both_intros_and_previews_each(app, client):
     with app.app_context():
         add_article("Nytt bibliotek öppnar")
     response = client.post("/admin/digest/intro", data={
-        "csrf_token": csrf(client, "/admin/digest"), "intro": "Hej alla!", "intro_en": "Hello all!"})
+        "csrf_token": csrf_token(client, "/admin/digest"), "intro": "Hej alla!", "intro_en": "Hello all!"})
     assert response.status_code == 303
     assert "Hej alla!" in client.get("/admin/digest/preview/sv.txt").get_data(as_text=True)
     english = client.get("/admin/digest/preview/en.html").get_data(as_text=True)
@@ -61,7 +61,7 @@ def test_the_admin_saves_both_intros_and_previews_each(app, client):
     page = client.get("/admin/digest").get_data(as_text=True)
     assert "Inledning på svenska" in page and "Inledning på engelska" in page and "Hello all!" in page
     client.post("/admin/digest/intro", data={
-        "csrf_token": csrf(client, "/admin/digest"), "intro": "Hej alla!", "intro_en": ""})
+        "csrf_token": csrf_token(client, "/admin/digest"), "intro": "Hej alla!", "intro_en": ""})
     assert "Hello all!" not in client.get("/admin/digest/preview/en.html").get_data(as_text=True)
     with app.app_context():
         draft = db.session.execute(db.select(Digest)).scalar_one()

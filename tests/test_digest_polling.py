@@ -4,9 +4,9 @@ and the API poll the feeds first (unless told not to), and say which feeds faile
 from __future__ import annotations
 
 import time_machine
+from admin_helpers import csrf_token, log_in
 from api_helpers import Api, make_token
-from content_helpers import csrf, log_in
-from digest_support import NOW, subscriber
+from digest_helpers import NOW, subscriber
 
 from newsletter import delivery, digests
 from newsletter.extensions import db
@@ -111,7 +111,7 @@ def test_the_admins_preview_and_send_now_poll_the_feeds(app, feed_server):
         assert "Pressmeddelande: 12 miljoner" in text
         assert f"{feed_server.url('/borta.rss')} kunde inte hämtas: " in page and "HTTPError: 404" in page
         assert client.get("/admin/digest/send").status_code == 200
-        response = client.post("/admin/digest/send", data={"csrf_token": csrf(client, "/admin/digest")})
+        response = client.post("/admin/digest/send", data={"csrf_token": csrf_token(client, "/admin/digest")})
     assert response.status_code == 303
     with app.app_context():
         delivery.wait_for_sends(30)  # the send runs in a thread: let it end with the test

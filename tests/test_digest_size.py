@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from itertools import combinations
 
+from admin_helpers import add_subscribers, log_in
 from conftest import body_text
-from content_helpers import add_subscribers, log_in
 
 from newsletter import delivery, digests
 from newsletter.digests import articles

@@ -8,9 +8,9 @@ import os
 import re
 
 import pytest
+from admin_helpers import PASSWORD, add_article, make_admin
 from browser_helpers import CHROMIUM, serve
 from conftest import free_port
-from content_helpers import PASSWORD, add_article, make_admin
 
 from config import TestConfig
 from newsletter import create_app

@@ -8,9 +8,9 @@ import os
 import re
 
 import pytest
+from admin_helpers import PASSWORD, make_admin
 from browser_helpers import CHROMIUM, serve
 from conftest import free_port
-from content_helpers import PASSWORD, make_admin
 from sqlalchemy import func, select
 
 from config import TestConfig

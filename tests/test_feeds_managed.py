@@ -3,8 +3,8 @@ removed (articles stay), listed with their last poll, from the CLI, the admin an
 
 from __future__ import annotations
 
+from admin_helpers import csrf_token, log_in
 from api_helpers import Api, make_token
-from content_helpers import csrf, log_in
 from sqlalchemy import func, select
 
 from newsletter import digests
@@ -92,7 +92,7 @@ def test_a_feed_set_in_feed_urls_is_paused_not_removed(make_app, feed_server):
 
 def test_admin_adds_a_checked_feed_and_edits_pauses_and_removes_it(app, client, feed_server):
     log_in(client, app)
-    token = csrf(client, "/admin/feeds")
+    token = csrf_token(client, "/admin/feeds")
     refused = client.post("/admin/feeds", data={"csrf_token": token, "url": feed_server.url("/borta.rss"),
                                                 "topic": ""})
     assert refused.status_code == 422
