@@ -165,16 +165,21 @@ def _digest_preview_and_test(page, base: str, smtp_server) -> None:
     page.goto(f"{base}/admin/digest")
     page.get_by_role("textbox", name="Intro in Swedish").fill(
         "Hej alla!\n\nVeckans brev kommer från en riktig webbläsare.")
+    page.get_by_role("textbox", name="Intro in English").fill(
+        "Hello all!\n\nThis week's letter comes from a real browser.")
     page.get_by_role("button", name="Save intro").click()
     page.get_by_text("The intro was saved on the draft.").wait_for()
-    frame = page.frame_locator("iframe.preview")
-    frame.get_by_text("Veckans brev kommer från en riktig webbläsare.").wait_for()
+    frame = page.frame_locator("iframe.preview")  # in English, the admin's language
+    frame.get_by_text("This week's letter comes from a real browser.").wait_for()
+    assert frame.get_by_text("Veckans brev kommer från en riktig webbläsare.").count() == 0
     assert frame.locator("a").count() > 3  # the articles' links
     page.get_by_text("Text part", exact=True).click()
-    assert "Hej alla!" in page.locator("details.text-part pre").inner_text()
+    assert "Hello all!" in page.locator("details.text-part pre").inner_text()
     _shot(page, "06-digest")
     page.get_by_role("link", name="Svenska").first.click()  # the preview in Swedish (the page too)
-    page.frame_locator("iframe.preview").locator("html[lang=sv]").wait_for()
+    swedish = page.frame_locator("iframe.preview")
+    swedish.locator("html[lang=sv]").wait_for()
+    swedish.get_by_text("Veckans brev kommer från en riktig webbläsare.").wait_for()
     page.goto(f"{base}/admin/digest?lang=en&preview=sv")
     page.get_by_role("button", name="Send a test to me").click()
     page.get_by_text(f"A test was sent to {ADMIN_EMAIL}.").wait_for()
