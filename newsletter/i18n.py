@@ -73,6 +73,12 @@ def register_template_helpers(app: Flask) -> None:
     def localtime_filter(value: datetime, fmt: str = "medium") -> str:
         return format_datetime(value, fmt) if value else ""
 
+    @app.template_filter("format_number")
+    def format_number_filter(value: int) -> str:
+        from flask_babel import format_number
+
+        return format_number(value)
+
     @app.context_processor
     def locale_context():
         from flask_babel import get_locale

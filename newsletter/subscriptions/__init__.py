@@ -14,6 +14,8 @@ from newsletter.subscriptions.data import (
     subscriber_profile,
 )
 from newsletter.subscriptions.export import (
+    export_count,
+    export_lines,
     export_subscribers_csv,
 )
 from newsletter.subscriptions.imports import (
@@ -61,6 +63,8 @@ from newsletter.subscriptions.tokens import (
 )
 from newsletter.subscriptions.topics import (
     ensure_topics,
+    follows_all_topics,
+    follows_topic,
     topic_for_category,
     topic_slugs,
     topics_by_slugs,
@@ -91,7 +95,11 @@ __all__ = [
     "consent_events",
     "delivery_counts",
     "ensure_topics",
+    "follows_all_topics",
+    "follows_topic",
     "erase_subscriber",
+    "export_count",
+    "export_lines",
     "export_subscribers_csv",
     "find_subscriber",
     "has_forbidden_characters",

@@ -9,7 +9,7 @@ from flask import current_app
 from newsletter.models import (
     Topic,
 )
-from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
+from newsletter.subscriptions.topics import topics_by_slugs
 
 MAX_EMAIL_LENGTH = 254
 
@@ -83,8 +83,6 @@ def check_topics(slugs) -> list[Topic]:
         return slugs
     if not all(isinstance(s, str) and not has_forbidden_characters(s) for s in slugs):
         raise InvalidInput("topics", "malformed topic")
-    if slugs:
-        ensure_topics()  # the configured topics exist even before anyone has seen the form
     try:
         return topics_by_slugs(slugs)
     except ValueError as exc:
