@@ -176,7 +176,7 @@ def admin_client(app):
 
     with app.app_context():
         accounts.create_admin("bench@example.org", PASSWORD, role="admin")
-        db.session.remove()
+        db.session.commit()  # services flush; the caller commits
     client = app.test_client()
     html = client.get("/admin/login").get_data(as_text=True)
     match = CSRF.search(html)
@@ -189,9 +189,11 @@ def admin_client(app):
 
 def api_headers(app) -> dict:
     from newsletter.admins import api_tokens
+    from newsletter.extensions import db
 
     with app.app_context():
         _, plaintext = api_tokens.create_token("bench", "admin")
+        db.session.commit()
     return {"Authorization": f"Bearer {plaintext}"}
 
 
@@ -278,6 +280,7 @@ def copy_baseline(app) -> dict:
                         size += out.tell()
                         out.seek(0)
                         out.truncate()
+                size += out.tell()
         finally:
             raw.close()
     return {"seconds": round(time.perf_counter() - started, 2), "bytes": size}
