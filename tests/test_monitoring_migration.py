@@ -10,7 +10,7 @@ from newsletter import create_app
 from newsletter.extensions import db, init_migrations
 from newsletter.monitoring import heartbeat
 
-BEFORE = "0f2fb58524b2"  # the migration before this one
+BEFORE = "e4a9c2d7f815"  # the migration before this one
 REVISION = "b7c41e2a9d10"
 
 

@@ -1,7 +1,7 @@
 """scheduler heartbeat and its last actions
 
 Revision ID: b7c41e2a9d10
-Revises: 0f2fb58524b2
+Revises: e4a9c2d7f815
 Create Date: 2026-12-02 11:00:00.000000
 
 """
@@ -13,7 +13,7 @@ import newsletter.models
 
 # revision identifiers, used by Alembic.
 revision = 'b7c41e2a9d10'
-down_revision = '0f2fb58524b2'
+down_revision = 'e4a9c2d7f815'
 branch_labels = None
 depends_on = None
 
