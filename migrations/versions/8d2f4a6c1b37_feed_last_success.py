@@ -1,7 +1,7 @@
 """feed.last_success_at: when a feed was last polled without an error
 
 Revision ID: 8d2f4a6c1b37
-Revises: 0f2fb58524b2
+Revises: b7c41e2a9d10
 Create Date: 2026-12-02 11:10:00
 
 """
@@ -11,7 +11,7 @@ from alembic import op
 import newsletter.models
 
 revision = "8d2f4a6c1b37"
-down_revision = "0f2fb58524b2"
+down_revision = "b7c41e2a9d10"
 branch_labels = None
 depends_on = None
 

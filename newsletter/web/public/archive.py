@@ -33,7 +33,8 @@ def archive_index():
 @talisman(content_security_policy=EMAIL_PAGE_CSP)
 def archive_digest(digest_id: int):
     """One digest as a web page: the email's own rendering, without any personal link."""
-    _subject, _text, html = digests.DigestRenderer(_public_digest(digest_id)).render_public(_locale())
+    renderer = digests.DigestRenderer(_public_digest(digest_id))
+    _subject, _text, html = renderer.render_public(_locale(), capped=False)  # every article
     response = Response(html, mimetype="text/html")
     return response
 
