@@ -31,6 +31,10 @@ class FetchError(Exception):
     """A fetch that did not give a response we use; the message is safe to show an editor."""
 
 
+class HTTPError(FetchError):  # noqa: N818 - named like requests' error, which editors' messages quote
+    """The server answered with an error status."""
+
+
 class AddressRefused(FetchError):
     """The URL's host is not a public address (nor in the allowed networks)."""
 

@@ -218,7 +218,7 @@ def _poll(feed: Feed, result: FetchResult, now: datetime, timeout: float | None)
             reason = HTTPStatus(response.status).phrase
         except ValueError:
             reason = "Unknown"
-        raise feed_http.FetchError(f"HTTPError: {response.status} {kind} Error: {reason} for url: {feed.url}")
+        raise feed_http.HTTPError(f"{response.status} {kind} Error: {reason} for url: {feed.url}")
     if response.status != 200:
         raise feed_http.FetchError(f"unexpected HTTP status {response.status}")
     parsed = feedparser.parse(response.content, response_headers=response.headers)
