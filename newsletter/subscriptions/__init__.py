@@ -30,6 +30,7 @@ from newsletter.subscriptions.listing import (
 )
 from newsletter.subscriptions.signup import (
     LinkSuperseded,
+    SubscriberErased,
     SubscriberExists,
     add_subscriber,
     confirm_subscription,
@@ -79,6 +80,7 @@ __all__ = [
     "ImportFailed",
     "InvalidInput",
     "LinkSuperseded",
+    "SubscriberErased",
     "MAX_NAME_LENGTH",
     "SubscriberExists",
     "SubscriberFilter",

@@ -40,6 +40,10 @@ class LinkSuperseded(tokens.TokenError):
     """A well-signed confirmation link that no longer applies (unsubscribed since)."""
 
 
+class SubscriberErased(tokens.TokenError):
+    """A well-signed link whose person has since been erased: nothing is left for it to open."""
+
+
 # --- lookups ----------------------------------------------------------------------
 
 
@@ -127,7 +131,7 @@ def subscriber_for_confirm(token: str) -> Subscriber:
     data = tokens.read_confirm_token(token)
     subscriber = subscriber_by_uid(data.uid)
     if subscriber is None:
-        raise tokens.TokenError("no such subscriber")
+        raise SubscriberErased("no such subscriber")
     if subscriber.generation != data.generation or subscriber.status not in ("pending", "confirmed"):
         raise LinkSuperseded("the subscription was ended after this link was sent")
     return subscriber

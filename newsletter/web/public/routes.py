@@ -168,6 +168,8 @@ def _token_error(exc: Exception):
         return render_template("public/token_error.html", reason="expired"), 410
     if isinstance(exc, subscriptions.LinkSuperseded):
         return render_template("public/token_error.html", reason="superseded"), 410
+    if isinstance(exc, subscriptions.SubscriberErased):
+        return render_template("public/token_error.html", reason="erased"), 410
     return render_template("public/token_error.html", reason="invalid"), 400
 
 
@@ -287,6 +289,8 @@ def confirm(token: str):
 @csrf.exempt  # RFC 8058: the one-click POST comes from a mail provider, without cookie or token
 def unsubscribe(token: str):
     """GET shows a button; POST (also the RFC 8058 one-click target) unsubscribes: 200, idempotent."""
+    if tokens.is_test_link("unsubscribe", token):
+        return render_template("public/test_link.html")
     try:
         subscriber = subscriptions.subscriber_from_token("unsubscribe", token)
     except tokens.TokenError as exc:
@@ -297,7 +301,9 @@ def unsubscribe(token: str):
             one_click = request.form.get("List-Unsubscribe") == "One-Click"
             subscriptions.unsubscribe(subscriber, source="email" if one_click else "form", **_request_meta())
         return render_template("public/unsubscribed.html")
-    if subscriber is None or subscriber.status == "unsubscribed":
+    if subscriber is None:
+        return _token_error(subscriptions.SubscriberErased("no such subscriber"))
+    if subscriber.status == "unsubscribed":
         return render_template("public/unsubscribed.html")
     return render_template("public/unsubscribe.html", subscriber=subscriber)
 
@@ -308,7 +314,7 @@ def unsubscribe(token: str):
 def _preferences_subscriber(token: str):
     subscriber = subscriptions.subscriber_from_token("preferences", token)
     if subscriber is None:
-        raise tokens.TokenError("no such subscriber")
+        raise subscriptions.SubscriberErased("no such subscriber")
     _use_language_of(subscriber)
     return subscriber
 
@@ -316,6 +322,8 @@ def _preferences_subscriber(token: str):
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):
     """Topics and language; links to the data download, erasure and unsubscribe."""
+    if tokens.is_test_link("preferences", token):
+        return render_template("public/test_link.html")
     try:
         subscriber = _preferences_subscriber(token)
     except tokens.TokenError as exc:

@@ -1,0 +1,112 @@
+"""The finish a Swedish reader and admin expect: addresses checked everywhere, our own error
+pages, honest links in test messages and after an erasure, words in the page's language."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import time_machine
+from digest_support import NOW, load_fixture_feeds, subscriber
+
+from newsletter import subscriptions
+from newsletter.engine.clock import utcnow
+from newsletter.extensions import db
+from newsletter.subscriptions import tokens
+
+
+def _sv(client, url, **kwargs):
+    return client.get(url, headers={"Accept-Language": "sv"}, **kwargs)
+
+
+# --- an address is an address, wherever it is typed -------------------------------------------
+
+
+def test_a_test_send_to_a_non_address_fails_and_sends_nothing(smtp_app, smtp_server, feed_server):
+    runner = smtp_app.test_cli_runner()
+    with time_machine.travel(NOW, tick=True):
+        with smtp_app.app_context():
+            load_fixture_feeds(feed_server, now=utcnow())
+        result = runner.invoke(args=["digest", "send", "--test-to", "inte-en-adress"])
+    assert result.exit_code != 0
+    assert "test sent" not in result.output and "inte-en-adress" in result.output
+    assert smtp_server.messages() == []
+
+
+# --- a test message has the real links' shape and changes nothing ------------------------------
+
+
+def test_a_test_digest_links_to_a_page_that_says_it_was_a_test(smtp_app, smtp_server, feed_server):
+    with time_machine.travel(NOW, tick=True):
+        with smtp_app.app_context():
+            load_fixture_feeds(feed_server, now=utcnow())
+            me = subscriber("redaktor@example.se").id
+        result = smtp_app.test_cli_runner().invoke(args=["digest", "send", "--test-to", "redaktor@example.se"])
+    assert result.exit_code == 0, result.output
+    [message] = smtp_server.messages()
+    header = message["List-Unsubscribe"]
+    public = smtp_app.config["PUBLIC_URL"]
+    assert re.search(rf"<{re.escape(public)}/unsubscribe/[^>]+>", header), header
+    html = message.get_body(preferencelist=("html",)).get_content()
+    links = re.findall(rf'href="{re.escape(public)}(/(?:unsubscribe|preferences)/[^"]+)"', html)
+    assert {link.split("/")[1] for link in links} == {"unsubscribe", "preferences"}
+    client = smtp_app.test_client()
+    unsubscribe_path = re.search(r"<[^/]+//[^/]+(/unsubscribe/[^>]+)>", header).group(1)
+    for path in [unsubscribe_path, *links]:
+        page = _sv(client, path)
+        assert page.status_code == 200 and "testutskick" in page.get_data(as_text=True), path
+    one_click = client.post(unsubscribe_path, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    with smtp_app.app_context():
+        assert subscriptions.find_subscriber("redaktor@example.se").status == "confirmed"  # nobody was unsubscribed
+
+
+# --- old links after an erasure say why they stopped working ---------------------------------------
+
+
+def test_links_of_an_erased_person_say_the_address_was_erased(app):
+    client = app.test_client()
+    with app.app_context():
+        person = subscriber("borta@example.se")
+        urls = [f"/preferences/{tokens.preferences_token(person)}",
+                f"/unsubscribe/{tokens.unsubscribe_token(person)}",
+                f"/confirm/{tokens.confirm_token(person)}"]
+        subscriptions.erase_subscriber(person, source="form")
+        db.session.commit()
+    for url in urls:
+        page = _sv(client, url)
+        text = page.get_data(as_text=True)
+        assert page.status_code == 410, url
+        assert "har raderats" in text and "ofullständig" not in text, url
+
+
+# --- every error page is ours, styled, in the reader's language -----------------------------------
+
+
+@pytest.mark.parametrize("path", ["/nope", "/archive/999", "/admin/nope"])
+def test_unknown_addresses_get_our_page_in_swedish(client, path):
+    page = _sv(client, path)
+    text = page.get_data(as_text=True)
+    assert page.status_code == 404
+    assert "Not Found" not in text and "Sidan finns inte" in text
+    assert 'rel="stylesheet"' in text and '<html lang="sv">' in text
+
+
+def test_error_pages_in_english_and_for_other_statuses(client, app):
+    @app.get("/boom-for-test")
+    def boom():
+        raise RuntimeError("boom")
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    page = client.get("/nope", headers={"Accept-Language": "en"})
+    assert "Page not found" in page.get_data(as_text=True)
+    wrong_method = client.delete("/healthz", headers={"Accept-Language": "sv"})
+    assert wrong_method.status_code == 405 and "Method Not Allowed" not in wrong_method.get_data(as_text=True)
+    assert 'rel="stylesheet"' in wrong_method.get_data(as_text=True)
+    page = _sv(client, "/boom-for-test")
+    assert page.status_code == 500 and "Något gick fel" in page.get_data(as_text=True)
+
+
+def test_the_api_keeps_its_json_errors(client):
+    response = client.get("/api/v1/nope")
+    assert response.status_code == 404 and response.is_json
