@@ -54,8 +54,8 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     from newsletter.i18n import register_template_helpers
     from newsletter.web.admin import bp as admin_bp
     from newsletter.web.api import bp as api_bp
-    from newsletter.web.hooks import bp as hooks_bp
     from newsletter.web.errors import register_error_pages
+    from newsletter.web.hooks import bp as hooks_bp
     from newsletter.web.public import bp as public_bp
 
     register_error_pages(app)  # before the blueprints: the API wraps these with its JSON errors

@@ -13,6 +13,36 @@ LANG_COOKIE = "lang"
 TRANSLATIONS = Path(__file__).parent / "translations"
 
 
+def N_(message: str) -> str:
+    """Marks a message for the catalogue where it is translated later (by Problem.localized)."""
+    return message
+
+
+class Problem(str):
+    """An English message (for logs, the command line, the API) that can also say itself in the
+    page's language: `Problem(N_("duplicate of line %(line)s"), line=2)`. `local` is a shorter
+    wording for the page when the English one carries a detail only English can give."""
+
+    template: str
+    params: dict
+    local: str | None
+
+    def __new__(cls, template: str, *, local: str | None = None, **params):
+        problem = super().__new__(cls, template % params if params else template)
+        problem.template, problem.params, problem.local = template, params, local
+        return problem
+
+    def localized(self) -> str:
+        from flask_babel import gettext
+
+        return gettext(self.local or self.template, **self.params)
+
+
+def localized(value) -> str:
+    """A Problem in the page's language; anything else as it is."""
+    return value.localized() if isinstance(value, Problem) else ("" if value is None else str(value))
+
+
 def compile_catalogs(directory: Path = TRANSLATIONS) -> None:
     """Compile every messages.po whose .mo is missing or older (the .mo files are not in git)."""
     from babel.messages.mofile import write_mo
@@ -72,6 +102,8 @@ def register_template_helpers(app: Flask) -> None:
     @app.template_filter("localtime")
     def localtime_filter(value: datetime, fmt: str = "medium") -> str:
         return format_datetime(value, fmt) if value else ""
+
+    app.add_template_filter(localized, "localized")
 
     @app.context_processor
     def locale_context():

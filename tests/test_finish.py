@@ -40,8 +40,9 @@ def test_a_test_digest_links_to_a_page_that_says_it_was_a_test(smtp_app, smtp_se
     with time_machine.travel(NOW, tick=True):
         with smtp_app.app_context():
             load_fixture_feeds(feed_server, now=utcnow())
-            me = subscriber("redaktor@example.se").id
-        result = smtp_app.test_cli_runner().invoke(args=["digest", "send", "--test-to", "redaktor@example.se"])
+            subscriber("redaktor@example.se")
+        result = smtp_app.test_cli_runner().invoke(
+            args=["digest", "send", "--test-to", "redaktor@example.se"])
     assert result.exit_code == 0, result.output
     [message] = smtp_server.messages()
     header = message["List-Unsubscribe"]
@@ -58,7 +59,8 @@ def test_a_test_digest_links_to_a_page_that_says_it_was_a_test(smtp_app, smtp_se
     one_click = client.post(unsubscribe_path, data={"List-Unsubscribe": "One-Click"})
     assert one_click.status_code == 200
     with smtp_app.app_context():
-        assert subscriptions.find_subscriber("redaktor@example.se").status == "confirmed"  # nobody was unsubscribed
+        # nobody was unsubscribed
+        assert subscriptions.find_subscriber("redaktor@example.se").status == "confirmed"
 
 
 # --- old links after an erasure say why they stopped working ---------------------------------------
@@ -110,3 +112,49 @@ def test_error_pages_in_english_and_for_other_statuses(client, app):
 def test_the_api_keeps_its_json_errors(client):
     response = client.get("/api/v1/nope")
     assert response.status_code == 404 and response.is_json
+
+
+# --- the Swedish admin speaks Swedish ------------------------------------------------------------------
+
+
+def test_the_swedish_admin_has_no_raw_english(app, tmp_path):
+    import io
+
+    from admin_helpers import csrf_token, logged_in
+
+    from newsletter.models import Feed
+
+    client = logged_in(app, "admin", "chef@example.se")
+    with app.app_context():
+        db.session.add(Feed(url="https://norrsken.example/borta.rss", last_status="error",
+                            last_error="HTTPError: 404 Client Error: Not Found for url: https://norrsken.example/borta.rss"))
+        db.session.commit()
+    feeds = client.get("/admin/feeds").get_data(as_text=True)
+    assert "Flödets adress (RSS eller Atom)" in feeds
+    problem = re.search(r'<p class="feed-error">(.*?)</p>', feeds, re.S).group(1)
+    assert "finns inte" in problem and "HTTPError" not in problem
+
+    def upload(body: str, name: str = "lista.csv") -> str:
+        return client.post("/admin/subscribers/import", data={
+            "csrf_token": csrf_token(client, "/admin/subscribers/import"),
+            "file": (io.BytesIO(body.encode()), name)}, content_type="multipart/form-data").get_data(as_text=True)
+
+    page = upload("foo,bar\n1,2\n")
+    assert "ingen kolumn med e-postadresser" in page and "no email column" not in page
+    page = upload("email,name\nanna@example.se,Anna\nanna@example.se,Anna\ninte-en-adress,X\n")
+    assert "samma adress som rad 2" in page and "ingen giltig e-postadress" in page
+    assert "Format: vår egen export" in page and "duplicate of" not in page and "must have" not in page
+
+    with app.app_context():
+        anna = subscriptions.find_subscriber("anna@example.se").id
+    detail = client.get(f"/admin/subscribers/{anna}").get_data(as_text=True)
+    assert "kanal:</span> administrationen" in detail and "layout:" not in detail and "channel:" not in detail
+
+    stranger = app.test_client()
+    stranger.post("/admin/login", data={"csrf_token": csrf_token(stranger), "email": "chef@example.se",
+                                        "password": "wrong password here"})
+    boss = logged_in(app, "admin", "boss2@example.se")
+    audit = boss.get("/admin/audit").get_data(as_text=True)
+    rows = re.search(r"<tbody>(.*)</tbody>", audit, re.S).group(1)
+    assert "prenumeranter importerade" in rows and "misslyckad inloggning" in rows
+    assert "subscribers_imported" not in rows and "login_failed" not in rows and "anonymous" not in rows

@@ -46,7 +46,8 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
         try:
             sent = delivery.send_test(test_to, locale=_language(lang))
         except InvalidInput as exc:
-            raise click.BadParameter(f"{test_to.strip()[:100]!r}: {exc.reason}", param_hint="--test-to") from exc
+            raise click.BadParameter(f"{test_to.strip()[:100]!r}: {exc.reason}",
+                                     param_hint="--test-to") from exc
         if not sent:
             raise click.ClickException("nothing new for a digest: no test sent")
         click.echo(f"test sent to {test_to}")

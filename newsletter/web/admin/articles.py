@@ -17,6 +17,7 @@ from newsletter.subscriptions.topics import ensure_topics
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
 from newsletter.web.admin.content_forms import ArticleForm, FeedForm, topic_choices
+from newsletter.web.admin.labels import feed_problem
 
 ADMIN_FETCH_TIMEOUT = 10  # seconds: an editor waits for "fetch now", so do not wait 20
 RECENT_DAYS = 60
@@ -141,7 +142,7 @@ def feeds():
             feed = article_service.add_feed(form.url.data, topic_slug=form.topic.data or None)
         except ValueError as exc:
             db.session.rollback()
-            form.url.errors.append(_("Could not add: %(reason)s", reason=str(exc)))
+            form.url.errors.append(_("Could not add: %(reason)s", reason=feed_problem(str(exc))))
         else:
             audit.record("feed.add", f"feed:{feed.id}", url=feed.url)
             flash(_("The feed was added. Fetch it now to see its articles."), "success")
@@ -189,4 +190,5 @@ def _flash_result(results) -> None:
     flash(_("Fetched: %(added)d new and %(updated)d updated articles.", added=added, updated=updated),
           "success")
     for result in failed:
-        flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=result.error), "error")
+        flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=feed_problem(result.error)),
+              "error")

@@ -211,7 +211,7 @@ def subscribers_import():
                 command="admin upload" + (" (confirmed by the admin)" if confirmed else ""))
         except imports.ImportFailed as exc:
             form.file.errors = [*form.file.errors,
-                                _("Nothing was imported: %(reason)s", reason=str(exc))]
+                                _("Nothing was imported: %(reason)s", reason=exc.localized())]
         else:
             audit.record("subscribers_imported", filename, added=report.added, updated=report.updated,
                          skipped=report.skipped, errors=len(report.errors), confirmed=confirmed,
