@@ -86,7 +86,7 @@ class Config:
     SEND_MAX_ATTEMPTS: int = _int("SEND_MAX_ATTEMPTS", 5)
     SEND_MAX_ERROR_RATE: float = _float("SEND_MAX_ERROR_RATE", 0.2)
     SEND_WINDOW: str = _env("SEND_WINDOW")  # e.g. "07:00-21:00" in TIMEZONE; empty = any time
-    # --- delivery (issue 4): the send engine; see newsletter/delivery.py
+    # --- delivery: the send engine; see newsletter/delivery/ and newsletter/engine/
     # Sending processes, each with its share of SEND_CONNECTIONS: the one that sends, plus
     # send workers (newsletter/send_worker.py, ~25-40 MB each: no Flask, no SQLAlchemy) for SMTP;
     # 0 = one per CPU for large sends, 1 = only the process that sends.
@@ -107,7 +107,7 @@ class Config:
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
-    # --- bounces, complaints and DKIM (issue 4, owner: bounces) ---
+    # --- bounces, complaints and DKIM ---
     DKIM_DOMAIN: str = _env("DKIM_DOMAIN")  # d= of the signature; default: the domain of MAIL_FROM
     # SNS topics whose notifications /hooks/ses accepts (comma-separated ARNs). Without it, only
     # the secret form /hooks/ses/<BOUNCE_WEBHOOK_SECRET> is open: any AWS account can make SNS
@@ -133,7 +133,7 @@ class Config:
     REMEMBER_COOKIE_HTTPONLY: bool = True
     WTF_CSRF_TIME_LIMIT: int | None = None  # a subscribe page left open all day still works
     BABEL_DEFAULT_TIMEZONE: str = TIMEZONE
-    # --- admin area (issue 5, admin) ---
+    # --- admin area ---
     ADMIN_PASSWORD_MIN_LENGTH: int = _int("ADMIN_PASSWORD_MIN_LENGTH", 12)
     # Login attempts (POST /admin/login) per client IP, and per address tried.
     ADMIN_LOGIN_RATE: str = _env("ADMIN_LOGIN_RATE", "10 per minute;50 per hour")

@@ -19,7 +19,7 @@ in the same run:
 - a naive baseline: Jinja render + EmailMessage + smtplib per subscriber, over one
   reused connection, for a sample (extrapolated) or for all N (`--naive-n 0`);
 
-and the ratios against the targets of issue 4. Results go to bench/results/ as JSON.
+and the ratios against the send path's targets. Results go to bench/results/ as JSON.
 The sink is Postfix's `smtp-sink` (installed with apt if missing and we are root)
 or bench/sink.py, an asyncio sink of our own (`--sink asyncio`).
 """

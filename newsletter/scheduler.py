@@ -42,6 +42,7 @@ from newsletter import delivery, digests, leases
 from newsletter.digests import feeds
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
+from newsletter.mail import outbox
 from newsletter.models import Digest, SchedulerLock
 
 log = logging.getLogger(__name__)
@@ -185,19 +186,11 @@ def poll_feeds_job(app: Flask) -> None:
 def housekeeping_job(app: Flask) -> None:
     """Flush the single-mail queue; finish interrupted sends and send approved digests."""
     with app.app_context():
-        try:
-            from newsletter.mail import (
-                outbox as mail_queue,  # written in another issue; absent in early builds
-            )
-        except ImportError:
-            mail_queue = None
-        if mail_queue is not None and hasattr(mail_queue, "flush"):
-            mail_queue.flush()
+        outbox.flush()
         with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
-            if hasattr(delivery, "resume_interrupted"):
-                delivery.resume_interrupted()
+            delivery.resume_interrupted()
             delivery.finish_interrupted_sends()
 
 

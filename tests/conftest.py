@@ -39,7 +39,8 @@ elif os.environ.get("CI"):
 
 # Files whose every test is slow: they start processes (send workers, Celery, `kill -9`) or
 # send thousands of messages. `pytest -m "not slow and not browser"` is the fast subset.
-SLOW_FILES = {"test_delivery_kill.py", "test_delivery_celery.py", "test_delivery_faults.py", "test_send_worker.py"}
+SLOW_FILES = {"test_delivery_kill.py", "test_delivery_celery.py", "test_delivery_faults.py",
+              "test_send_worker.py"}
 
 
 def pytest_collection_modifyitems(items):
@@ -211,7 +212,7 @@ def body_text(message: EmailMessage, subtype: str = "plain") -> str:
     return part.get_content().replace("\r\n", "\n")
 
 
-# --- issue 2 (subscriptions) ------------------------------------------------------
+# --- subscriptions ------------------------------------------------------
 
 
 @pytest.fixture
@@ -232,7 +233,7 @@ def make_app(app_config):
             db.engine.dispose()
 
 
-# --- issue 3: a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
+# --- a real HTTP server for feeds (loopback), with ETag / Last-Modified -------
 
 
 class FeedServer:

@@ -1,4 +1,4 @@
-"""Helpers for the digest scheduler, concurrency, browser and archive tests (issue 3)."""
+"""Helpers for the digest scheduler, concurrency, browser and archive tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the digest tests (issue 3): the fixture feeds, a frozen "now", subscribers."""
+"""Helpers shared by the digest tests: the fixture feeds, a frozen "now", subscribers."""
 
 from __future__ import annotations
 

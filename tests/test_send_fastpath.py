@@ -1,4 +1,4 @@
-"""The bulk-send hot path (issue 4, "Fast"): same bytes and same choices as the slow way.
+"""The bulk-send hot path: same bytes and same choices as the slow way.
 
 The SMTP transport's own dot-stuffing, pipelining and reply checks against real SMTP
 servers, the prepared message's render and wire forms against straightforward

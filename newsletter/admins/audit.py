@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from flask import has_request_context, request
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from newsletter.extensions import client_ip, db
 from newsletter.models import Admin, AuditEvent
@@ -72,6 +72,3 @@ def known_actions() -> list[str]:
     return list(db.session.execute(
         select(AuditEvent.action).group_by(AuditEvent.action).order_by(AuditEvent.action)).scalars())
 
-
-def count_events() -> int:
-    return db.session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()

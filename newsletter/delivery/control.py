@@ -8,6 +8,7 @@ import logging
 
 from sqlalchemy import func, select, update
 
+from newsletter.delivery.summary import send_summary
 from newsletter.engine.clock import utcnow
 from newsletter.engine.ledger import (
     OPEN_STATES,
@@ -37,10 +38,7 @@ def finish_send(digest_id: int) -> bool:
 
 
 def report_outcome(digest_id: int, reason: str) -> None:
-    try:
-        from newsletter.delivery.summary import send_summary
-    except ImportError:  # pragma: no cover  (the summary module is optional in early builds)
-        return
+    """Tell the admins how the send ended; a failed report never fails the send."""
     try:
         send_summary(digest_id, reason)
     except Exception:  # noqa: BLE001  (a failed report must not fail the send)

@@ -37,15 +37,14 @@ NAV = [
 
 @bp.app_context_processor
 def admin_template_helpers():
-    from flask import current_app
     from flask_login import current_user
 
     def nav_items():
-        """The navigation items this user may see and that exist in this build."""
+        """The navigation items this user may see."""
         role = getattr(current_user, "role", None)
         items = []
         for endpoint, label, needed in NAV:
-            if endpoint not in current_app.view_functions or role is None:
+            if role is None:
                 continue
             if needed == "admin" and role != "admin":
                 continue
@@ -65,11 +64,7 @@ def admin_template_helpers():
             return url_for(request.endpoint, **view_args, **args)
         return f"?lang={code}"
 
-    def url_if(endpoint: str, **values) -> str | None:
-        """The URL of a page of another area, or None when this build does not have it."""
-        return url_for(endpoint, **values) if endpoint in current_app.view_functions else None
-
-    return {"admin_nav_items": nav_items, "admin_lang_url": lang_url, "admin_url_if": url_if}
+    return {"admin_nav_items": nav_items, "admin_lang_url": lang_url}
 
 
 def _import_views() -> None:

@@ -19,6 +19,7 @@ from newsletter.admins import audit
 from newsletter.extensions import client_ip, db
 from newsletter.i18n import supported
 from newsletter.models import SUBSCRIBER_STATES, Subscriber
+from newsletter.subscriptions import imports
 from newsletter.subscriptions.listing import (
     SubscriberFilter,
     consent_events,
@@ -37,12 +38,6 @@ from newsletter.web.admin.forms import (
     SubscriberAddForm,
 )
 from newsletter.web.admin.labels import subscriber_state
-
-try:  # written by the subscriptions area (newsletter/imports.py); absent in early builds
-    from newsletter.subscriptions import imports
-except ImportError:  # pragma: no cover
-    imports = None  # type: ignore[assignment]
-
 
 MAX_ID = 2**31 - 1  # the id columns are 32-bit integers on PostgreSQL
 
