@@ -137,7 +137,8 @@ def test_the_swedish_admin_has_no_raw_english(app, tmp_path):
     def upload(body: str, name: str = "lista.csv") -> str:
         return client.post("/admin/subscribers/import", data={
             "csrf_token": csrf_token(client, "/admin/subscribers/import"),
-            "file": (io.BytesIO(body.encode()), name)}, content_type="multipart/form-data").get_data(as_text=True)
+            "file": (io.BytesIO(body.encode()), name)},
+            content_type="multipart/form-data").get_data(as_text=True)
 
     page = upload("foo,bar\n1,2\n")
     assert "ingen kolumn med e-postadresser" in page and "no email column" not in page
