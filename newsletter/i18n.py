@@ -79,6 +79,18 @@ def select_locale() -> str:
     return current_app.config["DEFAULT_LOCALE"]
 
 
+def percent_text(fraction: float, decimals: int = 1) -> str:
+    """A percentage in the page's locale, with `decimals` digits: "63,8 %" (sv), "63.8%" (en)."""
+    from babel import Locale
+    from flask_babel import format_percent, get_locale
+
+    pattern = Locale.parse(str(get_locale() or "sv")).percent_formats[None].pattern
+    if decimals:
+        pattern = pattern.replace("0%", "0." + "0" * decimals + "%", 1).replace(
+            "0\xa0%", "0." + "0" * decimals + "\xa0%", 1)
+    return format_percent(fraction, pattern)
+
+
 def select_timezone() -> str:
     return current_app.config["TIMEZONE"]
 
@@ -104,6 +116,13 @@ def register_template_helpers(app: Flask) -> None:
         return format_datetime(value, fmt) if value else ""
 
     app.add_template_filter(localized, "localized")
+    app.add_template_filter(percent_text, "percent")
+
+    @app.template_filter("number")
+    def number_filter(value) -> str:
+        from flask_babel import format_number
+
+        return format_number(value or 0)
 
     @app.context_processor
     def locale_context():

@@ -159,3 +159,58 @@ def test_the_swedish_admin_has_no_raw_english(app, tmp_path):
     rows = re.search(r"<tbody>(.*)</tbody>", audit, re.S).group(1)
     assert "prenumeranter importerade" in rows and "misslyckad inloggning" in rows
     assert "subscribers_imported" not in rows and "login_failed" not in rows and "anonymous" not in rows
+
+
+# --- one definition of a send's recipients ------------------------------------------------------------
+
+
+def test_a_send_limited_by_topics_counts_the_same_recipients_everywhere(smtp_app, smtp_server):
+    from newsletter import delivery
+    from newsletter.digests import articles
+    from newsletter.web.admin.sends import progress_view
+
+    with smtp_app.app_context():
+        articles.add_article(title="Bara blogg", url="https://norrsken.example/b/", topic_slug="blogg",
+                             published=NOW)
+        for n in range(3):
+            subscriber(f"nyheter{n}@example.se", topics=("nyheter",))
+        subscriber("blogg@example.se", topics=("blogg",))
+        subscriber("allt@example.se")
+        planned = delivery.plan_send(NOW)["recipients"]
+        digest = delivery.send_now(NOW)
+        progress = delivery.send_progress(digest.id)
+        assert planned == digest.recipient_count == progress["total"] == progress["sent"] == 2
+        assert progress["skipped"] == 0
+    with smtp_app.test_request_context():
+        assert progress_view(digest.id)["percent"] == 100
+
+
+def test_the_swedish_send_page_formats_numbers_and_knows_when_a_send_is_over(smtp_app, smtp_server):
+    from admin_helpers import logged_in
+
+    from newsletter import delivery
+    from newsletter.digests import articles
+    from newsletter.models import Delivery, Digest
+
+    with smtp_app.app_context():
+        articles.add_article(title="Nytt", url="https://norrsken.example/n/", topic_slug="nyheter",
+                             published=NOW)
+        for n in range(3):
+            subscriber(f"p{n}@example.se")
+        digest_id = delivery.send_now(NOW).id
+        first = db.session.execute(
+            db.select(Delivery).where(Delivery.digest_id == digest_id)).scalars().first()
+        first.state = "queued"
+        db.session.get(Digest, digest_id).status = "paused"
+        db.session.commit()
+    client = logged_in(smtp_app, "admin", "chef@example.se")
+    page = client.get(f"/admin/sends/{digest_id}").get_data(as_text=True)
+    assert "66,7\xa0%" in page and "66.7 %" not in page
+    running = re.search(r'<p class="muted" data-show-when="sending paused"([^>]*)>', page)
+    assert running and "hidden" not in running.group(1)
+    assert client.get(f"/admin/sends/{digest_id}/progress.json").get_json()["percent_text"] == "66,7\xa0%"
+    with smtp_app.app_context():
+        db.session.get(Digest, digest_id).status = "cancelled"
+        db.session.commit()
+    page = client.get(f"/admin/sends/{digest_id}").get_data(as_text=True)
+    assert "hidden" in re.search(r'<p class="muted" data-show-when="sending paused"([^>]*)>', page).group(1)

@@ -28,12 +28,12 @@
       }
     });
     bar.value = progress.percent;
-    bar.textContent = progress.percent + " %";
-    bar.setAttribute("aria-valuetext", progress.percent + " %");
+    bar.textContent = progress.percent_text;
+    bar.setAttribute("aria-valuetext", progress.percent_text);
     root.setAttribute("data-status", progress.status);
-    root.querySelectorAll("[data-show-when]").forEach(function (form) {
-      var states = form.getAttribute("data-show-when").split(" ");
-      form.hidden = states.indexOf(progress.status) === -1;
+    root.querySelectorAll("[data-show-when]").forEach(function (element) {
+      var states = element.getAttribute("data-show-when").split(" ");
+      element.hidden = states.indexOf(progress.status) === -1;
     });
   }
 
