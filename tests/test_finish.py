@@ -214,3 +214,30 @@ def test_the_swedish_send_page_formats_numbers_and_knows_when_a_send_is_over(smt
         db.session.commit()
     page = client.get(f"/admin/sends/{digest_id}").get_data(as_text=True)
     assert "hidden" in re.search(r'<p class="muted" data-show-when="sending paused"([^>]*)>', page).group(1)
+
+
+# --- "follows every topic" means one thing ---------------------------------------------------------------
+
+
+def test_a_topic_filter_includes_those_who_follow_every_topic_everywhere(app):
+    import csv
+    import io
+
+    from api_helpers import auth, make_token
+
+    with app.app_context():
+        subscriber("nyheter@example.se", topics=("nyheter",))
+        subscriber("blogg@example.se", topics=("blogg",))
+        subscriber("allt@example.se")
+    expected = {"nyheter@example.se", "allt@example.se"}
+    result = app.test_cli_runner().invoke(args=["subscribers", "export", "--topic", "nyheter"])
+    assert result.exit_code == 0, result.output
+    assert {row["email"] for row in csv.DictReader(io.StringIO(result.stdout))} == expected, result.output
+    with app.app_context():
+        from newsletter.models import Subscriber
+
+        query = subscriptions.SubscriberFilter(topic="nyheter").apply(db.select(Subscriber.email))
+        assert set(db.session.execute(query).scalars()) == expected
+    api = app.test_client().get("/api/v1/subscribers?topic=nyheter", headers=auth(make_token(app)))
+    assert api.status_code == 200, api.get_data(as_text=True)
+    assert {item["email"] for item in api.get_json()["data"]} == expected

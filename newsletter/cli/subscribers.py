@@ -128,7 +128,8 @@ def import_command(path: Path, confirmed: bool, dry_run: bool, encoding: str | N
 @click.argument("path", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--status", type=click.Choice(SUBSCRIBER_STATES), default=None,
               help="Only subscribers in this state.")
-@click.option("--topic", default=None, metavar="SLUG", help="Only subscribers who chose this topic.")
+@click.option("--topic", default=None, metavar="SLUG",
+              help="Only those who get this topic: who chose it, and who follow every topic.")
 def export_command(path: Path | None, status: str | None, topic: str | None) -> None:
     """Write subscribers as CSV (email, status, language, topics, name, created_at, confirmed_at).
 

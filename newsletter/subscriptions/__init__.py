@@ -26,6 +26,7 @@ from newsletter.subscriptions.listing import (
     SubscriberFilter,
     consent_events,
     delivery_counts,
+    receives_topic,
     subscriber_page,
 )
 from newsletter.subscriptions.signup import (
@@ -92,6 +93,7 @@ __all__ = [
     "confirm_url",
     "consent_events",
     "delivery_counts",
+    "receives_topic",
     "ensure_topics",
     "erase_subscriber",
     "export_subscribers_csv",

@@ -14,6 +14,7 @@ from newsletter.models import (
     subscriber_topics,
 )
 from newsletter.subscriptions.data import iso
+from newsletter.subscriptions.listing import receives_topic
 
 EXPORT_COLUMNS = ("email", "status", "language", "topics", "name", "created_at", "confirmed_at")
 
@@ -47,7 +48,7 @@ def export_subscribers_csv(stream: IO[str], *, status: str | None = None, topic:
     if status:
         query = query.where(Subscriber.status == status)
     if topic:
-        query = query.where(Subscriber.topics.any(Topic.slug == topic))
+        query = query.where(receives_topic(topic))
     count = 0
     # Keyset pages (not one long cursor): constant memory, and no cursor held open on PostgreSQL.
     last_id = 0

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from newsletter import subscriptions
 from newsletter.engine.ledger import email_hash
 from newsletter.extensions import client_ip
-from newsletter.models import Subscriber, Topic
+from newsletter.models import Subscriber
 from newsletter.web.api import bp, schemas
 from newsletter.web.api.audit import audit
 from newsletter.web.api.auth import requires_role
@@ -66,7 +66,7 @@ def list_subscribers():
     if "language" in params:
         query = query.where(Subscriber.language == params["language"])
     if "topic" in params:
-        query = query.where(Subscriber.topics.any(Topic.slug == params["topic"]))
+        query = query.where(subscriptions.receives_topic(params["topic"]))
     return page(query, Subscriber.id, params, subscriber_json)
 
 
