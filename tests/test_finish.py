@@ -241,3 +241,17 @@ def test_a_topic_filter_includes_those_who_follow_every_topic_everywhere(app):
     api = app.test_client().get("/api/v1/subscribers?topic=nyheter", headers=auth(make_token(app)))
     assert api.status_code == 200, api.get_data(as_text=True)
     assert {item["email"] for item in api.get_json()["data"]} == expected
+
+
+# --- adding someone who left says so ---------------------------------------------------------------------
+
+
+def test_adding_someone_who_unsubscribed_says_they_unsubscribed(app):
+    runner = app.test_cli_runner()
+    with app.app_context():
+        subscriber("slutat@example.se", status="unsubscribed")
+    result = runner.invoke(args=["subscribers", "add", "slutat@example.se", "--confirmed"])
+    assert result.exit_code != 0
+    assert "unsubscribed" in result.output and "not added back" in result.output
+    with app.app_context():
+        assert subscriptions.find_subscriber("slutat@example.se").status == "unsubscribed"

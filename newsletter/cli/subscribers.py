@@ -60,12 +60,28 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
         raise click.ClickException(f"cannot add {email.strip()[:100]!r}: {exc.reason}") from exc
     except (subscriptions.SubscriberExists, IntegrityError) as exc:
         db.session.rollback()
-        raise click.ClickException(f"{email.strip()} is already on the list; nothing changed") from exc
+        raise click.ClickException(_already_there(email.strip(), getattr(exc, "status", ""))) from exc
     audit.record("subscriber_added", f"subscriber:{subscriber.id}", actor=_operator(), confirmed=confirmed)
     if confirmed:
         click.echo(f"{subscriber.email}: confirmed (consent source recorded: {command})")
         return
     click.echo(f"{subscriber.email}: pending; {_confirmation_state(subscriber.id)}")
+
+
+SUPPRESSED = {
+    "unsubscribed": "unsubscribed",
+    "bounced": "was marked bounced (their mail server refused the address)",
+    "complained": "reported a digest as spam",
+}
+
+
+def _already_there(email: str, status: str) -> str:
+    """Why an add changed nothing, saying when the person left the list themselves."""
+    if status in SUPPRESSED:
+        return (f"{email} {SUPPRESSED[status]}; nothing changed: they are not added back "
+                "(they can subscribe again themselves through the form)")
+    state = f" ({status})" if status else ""
+    return f"{email} is already on the list{state}; nothing changed"
 
 
 def _confirmation_state(subscriber_id: int) -> str:

@@ -33,7 +33,11 @@ from newsletter.subscriptions.validation import (
 
 
 class SubscriberExists(ValueError):
-    """add_subscriber was given an address that is already on the list."""
+    """add_subscriber was given an address that is already on the list; `status` is theirs."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
 
 
 class LinkSuperseded(tokens.TokenError):
@@ -195,8 +199,9 @@ def add_subscriber(email, *, name: str = "", language: str | None = None, topics
                    source: str = "admin", detail: dict | None = None) -> Subscriber:
     """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email."""
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
-    if find_subscriber(address) is not None:
-        raise SubscriberExists(f"{address} is already on the list")
+    existing = find_subscriber(address)
+    if existing is not None:
+        raise SubscriberExists(f"{address} is already on the list ({existing.status})", existing.status)
     now = utcnow()
     subscriber = Subscriber(email=address, name=name, language=language, topics=chosen,
                             status="confirmed" if confirmed else "pending",

@@ -125,8 +125,14 @@ def subscribers_new():
                     form.email.data, name=form.name.data or "", language=form.language.data,
                     topics=form.topics.data or [], confirmed=confirmed, source="admin",
                     detail={"note": note, "by": current_user.email, "ip": client_ip()})
-            except subscriptions.SubscriberExists:
-                form.email.errors = [*form.email.errors, _("That address is already on the list.")]
+            except subscriptions.SubscriberExists as exc:
+                form.email.errors = [*form.email.errors, {
+                    "unsubscribed": _("That address has unsubscribed: it is not added back. Only they "
+                                      "can subscribe again, through the form."),
+                    "bounced": _("That address bounced: its mail server refused it, so it is not "
+                                 "added back."),
+                    "complained": _("That address reported a digest as spam: it is not added back."),
+                }.get(exc.status, _("That address is already on the list."))]
             except subscriptions.InvalidInput as exc:
                 _add_error(form, exc)
             else:
