@@ -255,3 +255,32 @@ def test_adding_someone_who_unsubscribed_says_they_unsubscribed(app):
     assert "unsubscribed" in result.output and "not added back" in result.output
     with app.app_context():
         assert subscriptions.find_subscriber("slutat@example.se").status == "unsubscribed"
+
+
+# --- before set-up, the login page asks for nothing it cannot give ------------------------------------------
+
+
+def test_before_any_admin_exists_nobody_is_asked_to_log_in(client):
+    page = client.get("/admin/", headers={"Accept-Language": "sv"}, follow_redirects=True)
+    text = page.get_data(as_text=True)
+    assert "Inget administratörskonto ännu" in text
+    assert "Logga in för att se sidan" not in text
+    assert '<pre class="command">' in text
+
+
+def test_an_admin_created_through_the_setup_link_has_a_last_login(app, client):
+    from admin_helpers import PASSWORD, csrf_token
+
+    from newsletter.admins import accounts
+
+    with app.test_request_context():
+        token = accounts.make_setup_token()
+    response = client.post("/admin/setup", data={
+        "csrf_token": csrf_token(client, f"/admin/setup?token={token}"), "token": token,
+        "email": "first@example.org", "password": PASSWORD, "password_again": PASSWORD})
+    assert response.status_code == 302
+    with app.app_context():
+        assert accounts.admin_by_email("first@example.org").last_login_at is not None
+    admins = client.get("/admin/admins").get_data(as_text=True)
+    row = re.search(r"first@example.org</td>.*?</tr>", admins, re.S).group(0)
+    assert "–" not in row.split("</td>")[3]

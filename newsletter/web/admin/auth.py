@@ -61,7 +61,7 @@ def load_admin(session_id: str) -> Admin | None:
 def unauthorized():
     """Admin pages send to the login page (nothing else); anything else gets a bare 401."""
     if request.blueprint == "admin":
-        if request.method == "GET":
+        if request.method == "GET" and accounts.admin_count():  # before set-up, no login to ask for
             flash(login.login_message, "info")
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
         return redirect(url_for("admin.login"))
@@ -279,6 +279,7 @@ def setup():
         else:
             session.clear()
             login_user(admin)
+            accounts.mark_logged_in(admin)
             audit.record("admin_setup", admin.email, actor=admin)
             flash(_("Welcome! Your admin account is ready."), "info")
             return redirect(url_for("admin.dashboard"))
