@@ -284,3 +284,40 @@ def test_an_admin_created_through_the_setup_link_has_a_last_login(app, client):
     admins = client.get("/admin/admins").get_data(as_text=True)
     row = re.search(r"first@example.org</td>.*?</tr>", admins, re.S).group(0)
     assert "–" not in row.split("</td>")[3]
+
+
+# --- a fast human is asked once more, never silently dropped -----------------------------------------
+
+
+def test_a_fast_human_gets_a_second_step_and_then_the_email(make_app):
+    from subs_helpers import form_fields
+
+    app = make_app(SIGNUP_MIN_SECONDS=30)
+    client = app.test_client()
+    fields = form_fields(client.get("/subscribe", headers={"Accept-Language": "sv"}).get_data(as_text=True))
+    first = client.post("/subscribe", data={**fields, "email": "snabb@example.se", "language": "sv"},
+                        headers={"Accept-Language": "sv"})
+    text = first.get_data(as_text=True)
+    assert first.status_code == 200 and "inkorg" not in text.lower()
+    assert "en gång till" in text and 'value="snabb@example.se"' in text
+    with app.app_context():
+        assert subscriptions.find_subscriber("snabb@example.se") is None
+    again = form_fields(text)
+    second = client.post("/subscribe", data={**again, "email": "snabb@example.se", "language": "sv"},
+                         headers={"Accept-Language": "sv"})
+    assert "inkorg" in second.get_data(as_text=True).lower()
+    with app.app_context():
+        assert subscriptions.find_subscriber("snabb@example.se").status == "pending"
+
+
+def test_a_fast_embedded_signup_is_told_to_press_again_not_to_check_the_inbox(make_app):
+    app = make_app(SIGNUP_MIN_SECONDS=30)
+    client = app.test_client()
+    started = client.get("/subscribe/start").get_json()["started"]
+    body = {"email": "snabb@example.se", "language": "sv", "started": started}
+    answer = client.post("/subscribe", json=body, headers={"Accept": "application/json"})
+    assert answer.status_code == 400 and answer.get_json()["error"] == "too_fast"
+    assert "inkorg" not in answer.get_json()["message"].lower()
+    body["started"] = answer.get_json()["started"]
+    again = client.post("/subscribe", json=body, headers={"Accept": "application/json"})
+    assert again.status_code == 200 and again.get_json()["ok"] is True

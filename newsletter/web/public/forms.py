@@ -41,15 +41,23 @@ def topic_choices(topics, locale: str) -> list[SelectChoice]:
     return [SelectChoice(t.slug, t.name(locale)) for t in topics]
 
 
-def signup_timestamp() -> str:
-    """A signed 'the form was shown at' stamp, for the minimum fill time."""
-    return tokens.make_token("signup-form", time.time())
+SECOND_STEP_MAX_AGE = 3600  # seconds: the "press Subscribe again" page is answered soon or not at all
+
+
+def signup_timestamp(second_step: bool = False) -> str:
+    """A signed 'the form was shown at' stamp, for the minimum fill time. The stamp of the second
+    step (the page that asks a quick person to press Subscribe again) carries no minimum."""
+    return tokens.make_token("signup-form", [time.time(), "again"] if second_step else time.time())
 
 
 def filled_too_fast(stamp: str | None) -> bool:
-    """True for a missing, forged or too fresh stamp: the form was not filled in by a person."""
+    """True for a missing, forged or too fresh stamp: perhaps not filled in by a person. Such a
+    post is never silently dropped: the person is asked to press Subscribe again."""
     try:
-        shown_at = float(tokens.read_token("signup-form", stamp or ""))
+        shown = tokens.read_token("signup-form", stamp or "")
+        if isinstance(shown, list) and len(shown) == 2 and shown[1] == "again":
+            return not 0 <= time.time() - float(shown[0]) < SECOND_STEP_MAX_AGE
+        shown_at = float(shown)
     except (tokens.TokenError, TypeError, ValueError):
         return True
     return time.time() - shown_at < current_app.config["SIGNUP_MIN_SECONDS"]

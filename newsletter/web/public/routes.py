@@ -213,9 +213,12 @@ def subscribe():
         form = _subscribe_form(SubscribeForm())
         if not form.validate():
             return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
-        if form.website.data or filled_too_fast(form.started.data):
-            log.info("signup dropped as a bot (honeypot or fill time) from %s", client_ip())
+        if form.website.data:
+            log.info("signup dropped as a bot (honeypot) from %s", client_ip())
             return _check_inbox()
+        if filled_too_fast(form.started.data):  # autofill and a quick click, or a bot: one more step
+            return render_template("public/subscribe.html", form=form,
+                                   started=signup_timestamp(second_step=True), again=True)
         subscriptions.request_signup(form.email.data, topics=form.topics.data, language=form.language.data,
                                      source="form", **_request_meta())
         return _check_inbox()
@@ -245,9 +248,12 @@ def _subscribe_json():
                                       name=data.get("name") or "")
     except subscriptions.InvalidInput as exc:
         return jsonify(ok=False, error="invalid", field=exc.field, message=_field_message(exc.field)), 400
-    if data.get("website") or filled_too_fast(data.get("started")):
-        log.info("embedded signup dropped as a bot (honeypot or fill time) from %s", client_ip())
+    if data.get("website"):
+        log.info("embedded signup dropped as a bot (honeypot) from %s", client_ip())
         return _check_inbox()
+    if filled_too_fast(data.get("started")):  # never a promise of a mail that will not come
+        return jsonify(ok=False, error="too_fast", started=signup_timestamp(second_step=True),
+                       message=_("That was quick! Press Subscribe once more to confirm.")), 400
     subscriptions.request_signup(data["email"], topics=topics, language=data.get("language"),
                                  name=data.get("name") or "", source="embed", **_request_meta())
     return _check_inbox()
