@@ -287,10 +287,10 @@ def test_embedded_json_signup_needs_no_csrf_and_is_recorded_as_embed(embed_app):
         assert event.source == "embed"
 
 
-def test_embedded_json_without_the_form_stamp_is_dropped_silently(embed_app):
+def test_embedded_json_without_the_form_stamp_stores_nothing_and_asks_again(embed_app):
     client = embed_app.test_client()
     response = client.post("/subscribe", json={"email": "nostamp@example.se"})
-    assert response.status_code == 200 and response.get_json()["ok"] is True
+    assert response.status_code == 400 and response.get_json()["error"] == "too_fast"
     with embed_app.app_context():
         assert nothing_stored()
 
