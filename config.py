@@ -144,6 +144,18 @@ class Config:
     ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB
     LOG_LEVEL: str = _env("LOG_LEVEL", "INFO")
+    # --- privacy: retention (days; 0 = keep) and statistics without tracking ---
+    # A pending address that never confirmed is deleted (an anonymous ledger trace stays).
+    RETENTION_PENDING_DAYS: int = _int("RETENTION_PENDING_DAYS", 30)
+    # Unsubscribed, bounced and complained people are reduced to a suppression entry (a keyed
+    # hash) after a year: long enough to answer a question about a withdrawal or a complaint.
+    RETENTION_INACTIVE_DAYS: int = _int("RETENTION_INACTIVE_DAYS", 365)
+    # Per-recipient delivery rows are rolled up into per-send totals after 90 days: long enough
+    # to look into a send's bounces and complaints, short enough not to grow without end.
+    RETENTION_DELIVERIES_DAYS: int = _int("RETENTION_DELIVERIES_DAYS", 90)
+    RETENTION_BATCH_SIZE: int = _int("RETENTION_BATCH_SIZE", 5000)  # rows per purge transaction
+    # Count clicks per article through a signed /r/… redirect that carries no reader identifier.
+    STATS_CLICKS: bool = _bool("STATS_CLICKS")
 
 
 class TestConfig(Config):

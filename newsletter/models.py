@@ -290,3 +290,53 @@ class SchedulerLock(db.Model):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- privacy: suppression, consent wordings, per-send totals -------------------------------
+
+SUPPRESSION_REASONS = ("unsubscribed", "bounced", "complained", "erased", "imported")
+
+
+class Suppression(db.Model):
+    """An address that no import, admin, API call or command may make confirmed again.
+
+    Only a keyed hash of the canonical address is kept (HMAC with a key derived from
+    SECRET_KEY): it says "this address opted out" to whoever holds the address, and
+    names no one to whoever reads the table.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(24), default="system")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsentWording(db.Model):
+    """The text a consent wording version showed, per language, stored the first time it is used."""
+
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    locale: Mapped[str] = mapped_column(String(8), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SendTotal(db.Model):
+    """A send's figures that outlive its Delivery rows: the rolled-up counts of deleted rows,
+    and the counters that never name anyone (complaints, unsubscribes from its links)."""
+
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digest.id", ondelete="CASCADE"), primary_key=True)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    bounced: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    complaints: Mapped[int] = mapped_column(Integer, default=0)
+    unsubscribes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ArticleClick(db.Model):
+    """Clicks on one article's link in one send (STATS_CLICKS): a counter, nothing about who."""
+
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digest.id", ondelete="CASCADE"), primary_key=True)
+    article_id: Mapped[int] = mapped_column(ForeignKey("article.id", ondelete="CASCADE"), primary_key=True)
+    clicks: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,7 +7,7 @@ Jobs:
   a run is never made twice, whatever restarts or second schedulers happen.
 - feed polling every FEED_POLL_MINUTES.
 - housekeeping every minute: the single-mail queue (mail_queue.flush) and sends that were
-  interrupted or approved.
+  interrupted or approved; and daily at 03:30 the retention purge (retention.purge).
 
 Misfire policy: a run missed because the process was down (or busy) is made once when the
 scheduler comes back within DIGEST_MISFIRE_GRACE_MINUTES (default 6 h) of the fire time;
@@ -38,7 +38,8 @@ from flask import Flask
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import delivery, digests, leases
+from newsletter import delivery, digests, leases, privacy
+from newsletter.admins import audit
 from newsletter.digests import feeds
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 WEEKLY_JOB = "weekly-digest"
 SCHEDULER_LEASE = "scheduler"
 HOUSEKEEPING_SECONDS = 60
+RETENTION_JOB = "retention"
+RETENTION_HOUR = 3  # local time: the quiet hours, long before a morning digest
 
 
 def digest_trigger(app: Flask) -> CronTrigger:
@@ -194,6 +197,15 @@ def housekeeping_job(app: Flask) -> None:
             delivery.finish_interrupted_sends()
 
 
+def retention_job(app: Flask) -> None:
+    """The daily housekeeping of personal data: the retention rules, applied in batches."""
+    with app.app_context():
+        report = privacy.purge()
+        if report.pending or report.inactive or report.deliveries:
+            audit.record("retention_purged", "retention", actor="scheduler", pending=report.pending,
+                         inactive=report.inactive, deliveries=report.deliveries)
+
+
 def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
                     now: datetime | None = None) -> BaseScheduler:
     """The scheduler with its three jobs (and a catch-up run if a weekly run was missed)."""
@@ -210,6 +222,9 @@ def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
     scheduler.add_job(housekeeping_job, IntervalTrigger(seconds=HOUSEKEEPING_SECONDS), args=[app],
                       id="housekeeping", name="housekeeping", coalesce=True, max_instances=1,
                       misfire_grace_time=None, replace_existing=True)
+    daily = CronTrigger(hour=RETENTION_HOUR, minute=30, timezone=app.config["TIMEZONE"])
+    scheduler.add_job(retention_job, daily, args=[app], id=RETENTION_JOB, name="retention purge",
+                      coalesce=True, max_instances=1, misfire_grace_time=None, replace_existing=True)
     missed = missed_run(app, now)
     if missed is not None:
         log.warning("the digest run of %s was missed; making it now", missed.isoformat())

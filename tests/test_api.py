@@ -24,7 +24,7 @@ from api_helpers import (
 )
 from sqlalchemy import select
 
-from newsletter import delivery
+from newsletter import delivery, subscriptions
 from newsletter.extensions import db
 from newsletter.mail import outbox as mail_queue
 from newsletter.models import ApiToken, Article, AuditEvent, ConsentEvent, QueuedEmail, Subscriber
@@ -223,20 +223,35 @@ def test_create_answers_the_same_whatever_the_state(app, api):
     with app.app_context():
         add_subscriber("confirmed@example.com")
         add_subscriber("pending@example.com", status="pending")
-        add_subscriber("gone@example.com", status="unsubscribed")
     answers = {
         email: api.post("/subscribers", json={"email": email})
-        for email in ("new@example.com", "confirmed@example.com", "pending@example.com", "gone@example.com")
+        for email in ("new@example.com", "confirmed@example.com", "pending@example.com")
     }
     assert {(r.status_code, r.get_data()) for r in answers.values()} == {
         (answers["new@example.com"].status_code, answers["new@example.com"].get_data())}
     with app.app_context():
         queued = set(db.session.execute(select(QueuedEmail.to_addr)).scalars())
-        # the confirmed person is left alone; the others are (again) asked to confirm
-        assert queued == {"new@example.com", "pending@example.com", "gone@example.com"}
+        # the confirmed person is left alone; the others are asked to confirm
+        assert queued == {"new@example.com", "pending@example.com"}
         statuses = dict(db.session.execute(select(Subscriber.email, Subscriber.status)).all())
         assert statuses["confirmed@example.com"] == "confirmed"
-        assert statuses["gone@example.com"] == "pending"
+
+
+def test_create_refuses_and_reports_a_suppressed_address(app, api):
+    """Someone other than the person cannot bring back an address that opted out or was erased."""
+    with app.app_context():
+        add_subscriber("gone@example.com", status="unsubscribed")
+        erased = add_subscriber("erased@example.com")
+        subscriptions.erase_subscriber(erased, source="admin")
+    for email, reason in (("gone@example.com", "unsubscribed"), ("Erased@Example.com", "erased")):
+        response = api.post("/subscribers", json={"email": email})
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "suppressed"
+        assert reason in response.get_json()["error"]["message"]
+    with app.app_context():
+        assert db.session.execute(select(QueuedEmail.to_addr)).first() is None
+        statuses = dict(db.session.execute(select(Subscriber.email, Subscriber.status)).all())
+        assert statuses == {"gone@example.com": "unsubscribed"}
 
 
 def test_list_paginates_with_a_cursor_and_filters(app, api):

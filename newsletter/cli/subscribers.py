@@ -14,14 +14,14 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from newsletter import subscriptions
+from newsletter import privacy, subscriptions
 from newsletter.admins import audit
 from newsletter.extensions import db
 from newsletter.mail import outbox as mail_queue
 from newsletter.models import SUBSCRIBER_STATES, QueuedEmail, Topic
-from newsletter.subscriptions import imports
+from newsletter.subscriptions import imports, suppression
 
-group = AppGroup("subscribers", help="Manage subscribers: add, import, export.")
+group = AppGroup("subscribers", help="Manage subscribers: add, import, export, erase.")
 
 ADD_FLUSH_LIMIT = 20  # `add` sends its confirmation at once unless the queue has a backlog
 
@@ -58,6 +58,10 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
             detail={"command": command, "actor": _operator()})
     except subscriptions.InvalidInput as exc:
         raise click.ClickException(f"cannot add {email.strip()[:100]!r}: {exc.reason}") from exc
+    except suppression.Suppressed as exc:
+        db.session.rollback()
+        raise click.ClickException(f"{exc.address} is suppressed ({exc.reason}): left as it is; only the "
+                                   "person's own signup brings it back") from exc
     except (subscriptions.SubscriberExists, IntegrityError) as exc:
         db.session.rollback()
         raise click.ClickException(_already_there(email.strip(), getattr(exc, "status", ""))) from exc
@@ -138,6 +142,29 @@ def import_command(path: Path, confirmed: bool, dry_run: bool, encoding: str | N
         click.echo(f"{mail_queue.flush()} emails sent")
     if report.errors:
         sys.exit(3)
+
+
+@group.command("erase")
+@click.argument("email")
+def erase_command(email: str) -> None:
+    """Erase one person and all their data; the address goes onto the suppression list."""
+    try:
+        address = subscriptions.normalise_email(email)
+    except subscriptions.InvalidInput as exc:
+        raise click.ClickException(f"cannot erase {email.strip()[:100]!r}: {exc.reason}") from exc
+    subscriber = subscriptions.find_subscriber(address)
+    if subscriber is None:
+        # Nothing to delete (never here, or purged already): the request is still honoured for the future.
+        suppression.suppress([address], reason="erased", source="cli")
+        db.session.commit()
+        audit.record("subscriber_erased", "email-hmac:" + suppression.address_hash(address)[:32],
+                     actor=_operator(), found=False)
+        click.echo("not on the list; the address is on the suppression list")
+        return
+    target = f"subscriber:{subscriber.id}"
+    privacy.erase_person(subscriber, source="cli")
+    audit.record("subscriber_erased", target, actor=_operator())
+    click.echo(f"{target} erased; the address is on the suppression list")
 
 
 @group.command("export")

@@ -17,6 +17,7 @@ from email.utils import parseaddr
 
 from sqlalchemy import select
 
+from newsletter.delivery import totals
 from newsletter.extensions import db
 from newsletter.models import Delivery, Subscriber
 from newsletter.subscriptions.signup import InvalidInput, normalise_email, record_event
@@ -81,6 +82,8 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
         subscriber.generation += 1  # confirmation links sent before no longer work
         record_event(subscriber, kind, source=source, detail=detail)
         log.info("subscriber %s %s (was %s)", subscriber.id, subscriber.status, previous)
+        if kind == "complaint":  # the latest send's figure: a counter, no name
+            totals.count_for_latest_send(subscriber.id, "complaints")
     elif previous == "unsubscribed" and kind == "bounce":
         record_event(subscriber, kind, source=source, detail=detail)  # status kept, fact recorded
     if kind == "bounce" and permanent:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
+from newsletter.delivery import totals
 from newsletter.engine.clock import as_utc, utcnow
 from newsletter.extensions import db
 from newsletter.models import Delivery, Digest
@@ -25,7 +26,12 @@ def send_progress(digest_id: int) -> dict:
     ).all()
     progress: dict = {state: 0 for state in PROGRESS_STATES}
     progress.update({state: n for state, n in rows})
-    progress["total"] = sum(n for _, n in rows)
+    # Rows the retention purge rolled up (or an erasure took away) still count.
+    rolled = totals.totals([digest_id]).get(digest_id, {})
+    for state in totals.ROLLED_STATES:
+        progress[state] += rolled.get(state, 0)
+    progress["total"] = sum(progress[state] for state in PROGRESS_STATES)
+    progress.update({counter: rolled.get(counter, 0) for counter in totals.COUNTERS})
     digest = db.session.get(Digest, digest_id)
     if digest is not None:
         db.session.refresh(digest)

@@ -7,6 +7,7 @@ import logging
 from flask import current_app
 from sqlalchemy import func, select
 
+from newsletter.delivery import totals
 from newsletter.engine.clock import utcnow
 from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
@@ -22,9 +23,9 @@ REASONS = ("done", "cancelled", "error_storm")
 def summary_context(digest_id: int, reason: str) -> dict:
     digest = db.session.get(Digest, digest_id)
     db.session.refresh(digest)
-    counts = dict(db.session.execute(
+    counts = totals.with_rolled_up(digest_id, dict(db.session.execute(
         select(Delivery.state, func.count()).where(Delivery.digest_id == digest_id).group_by(Delivery.state)
-    ).all())
+    ).all()))
     started = digest.started_at
     end = digest.finished_at or utcnow()
     seconds = int((end - started).total_seconds()) if started else 0

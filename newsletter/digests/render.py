@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_date
 from flask import current_app
 
+from newsletter.digests import clicks
 from newsletter.engine.clock import utcnow
 from newsletter.engine.prepared import slot
 from newsletter.engine.sending import VariantRule
@@ -94,6 +95,7 @@ class DigestRenderer:
     def _article_view(self, article: Article, locale: str) -> dict:
         published = article.published_at.astimezone(self.zone)
         return {
+            "id": article.id,
             "title": article.title,
             "url": article.url,
             "author": article.author,
@@ -127,13 +129,17 @@ class DigestRenderer:
     def _context(self, locale: str, topic_ids: frozenset, *, personal: bool) -> dict:
         """What the digest's templates are given for one variant."""
         sections = self.sections(locale, topic_ids)
+        digest_id = getattr(self.digest, "id", None)
+        if personal and digest_id and clicks.enabled():  # the same counted link for every reader
+            for section in sections:
+                for article in section["articles"]:
+                    article["url"] = clicks.click_url(digest_id, article["id"])
         lead = sections[0]["articles"][0] if sections else None
         count = sum(len(section["articles"]) for section in sections)
         headline = lead["title"] if lead else ""
         if len(headline) > HEADLINE_MAX:
             headline = headline[: HEADLINE_MAX - 1].rsplit(" ", 1)[0] + "…"
         public_url = current_app.config["PUBLIC_URL"]
-        digest_id = getattr(self.digest, "id", None)
         return dict(
             slot=slot,
             personal=personal,

@@ -10,10 +10,12 @@ from newsletter.extensions import db
 from newsletter.models import (
     ConsentEvent,
     Delivery,
+    Digest,
     QueuedEmail,
     Subscriber,
 )
-from newsletter.subscriptions.consent import check_source
+from newsletter.subscriptions import suppression
+from newsletter.subscriptions.consent import check_source, ledger_with_wordings
 from newsletter.subscriptions.topics import topic_slugs
 
 
@@ -39,28 +41,28 @@ def subscriber_profile(subscriber: Subscriber) -> dict:
 
 def subscriber_data(subscriber: Subscriber) -> dict:
     """Everything we hold about the person (GDPR access and portability)."""
-    events = db.session.execute(
-        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber.id).order_by(ConsentEvent.id)
-    ).scalars()
     deliveries = db.session.execute(
-        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
-    ).scalars()
+        select(Delivery.digest_id, Delivery.state, Delivery.sent_at, Digest.subject_sv, Digest.subject_en)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id)
+    ).all()
     return {
         **subscriber_profile(subscriber),
-        "consent_events": [
-            {"kind": e.kind, "source": e.source, "time": iso(e.created_at), "wording_version":
-             e.wording_version, "ip": e.ip, "user_agent": e.user_agent, "detail": e.detail}
-            for e in events
-        ],
+        # The proof of consent: every ledger event with the full wording agreed to.
+        "consent_events": ledger_with_wordings(subscriber),
         "deliveries": [
-            {"digest": d.digest_id, "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
+            {"digest": d.digest_id, "subject": d.subject_en if subscriber.language == "en" else d.subject_sv,
+             "state": d.state, "sent_at": iso(d.sent_at)} for d in deliveries
         ],
     }
 
 
 def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
-    """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace."""
+    """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace,
+    the suppression list the keyed hash of the address (privacy.erase_person also keeps the
+    sends' totals: use that)."""
     hashed, sid = email_hash(subscriber.email), subscriber.id
+    suppression.suppress([subscriber.email], reason="erased", source=source)
     # Explicit deletes, not ON DELETE CASCADE: SQLite does not enforce foreign keys by default.
     for statement in (
         delete(ConsentEvent).where(ConsentEvent.subscriber_id == sid),

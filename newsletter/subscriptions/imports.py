@@ -50,6 +50,7 @@ from newsletter.models import (
     subscriber_topics,
     utcnow,
 )
+from newsletter.subscriptions import suppression
 from newsletter.subscriptions.signup import InvalidInput, normalise_email
 from newsletter.subscriptions.topics import all_topics, ensure_topics
 from newsletter.subscriptions.validation import clean_name, has_forbidden_characters
@@ -99,6 +100,8 @@ class ImportReport:
     updated: int = 0
     skipped: int = 0
     confirmations_queued: int = 0
+    suppressed: int = 0  # rows left alone because the address is on the suppression list
+    opt_outs: int = 0  # rows the export marks as opted out, added to the suppression list
     errors: list[tuple[int, str]] = field(default_factory=list)  # invalid rows: (line, reason)
     # Valid rows left alone on purpose (opted out at the source, unsubscribed here): (line, reason).
     notices: list[tuple[int, str]] = field(default_factory=list)
@@ -108,7 +111,8 @@ class ImportReport:
     def summary(self) -> str:
         what = "would be" if self.dry_run else "were"
         return (f"{self.rows} rows ({self.layout}, {self.encoding}): {self.added} added, "
-                f"{self.updated} pending confirmed, {self.skipped} skipped ({len(self.errors)} invalid); "
+                f"{self.updated} pending confirmed, {self.skipped} skipped ({len(self.errors)} invalid, "
+                f"{self.suppressed} suppressed, {self.opt_outs} opted out at the source); "
                 f"{self.confirmations_queued} confirmation emails {what} queued")
 
 
@@ -292,9 +296,10 @@ class Row:
 
 
 class RowRejected(Exception):
-    def __init__(self, reason: str, *, notice: bool = False):
+    def __init__(self, reason: str, *, notice: bool = False, opted_out: str = ""):
         super().__init__(reason)
         self.reason, self.notice = reason, notice
+        self.opted_out = opted_out  # the address, when the export says it opted out
 
 
 def _unescape(value: str) -> str:
@@ -330,7 +335,7 @@ class RowReader:
             raise RowRejected(exc.reason) from None
         status = self.status(cells)
         if status in OPT_OUTS:
-            raise RowRejected(Problem(OPT_OUTS[status]), notice=True)
+            raise RowRejected(Problem(OPT_OUTS[status]), notice=True, opted_out=email)
         try:
             name = clean_name(_unescape(self.name(cells)))
         except InvalidInput as exc:
@@ -520,6 +525,16 @@ class Writer:
                 .where(Subscriber.email.in_([r.email for r in rows])))
         }
         fresh = [r for r in rows if r.email not in existing]
+        # Erased, or purged after unsubscribing: only the person's own signup brings them back.
+        refused = suppression.suppressed([r.email for r in fresh])
+        for row in fresh:
+            if row.email in refused:
+                self.report.notices.append((row.line, Problem(
+                    N_("suppressed (%(reason)s): not imported"), reason=refused[row.email],
+                    local=N_("on the suppression list: not imported"))))
+                self.report.skipped += 1
+                self.report.suppressed += 1
+        fresh = [r for r in fresh if r.email not in refused]
         added = self.insert_new(fresh) if fresh else {}
         for row in fresh:
             if row.email not in added:  # signed up a moment ago, while we were importing
@@ -571,7 +586,10 @@ class Writer:
         for row in rows:
             sid, status = existing[row.email]
             if status not in ACTIVE_HERE:
-                self.report.notices.append((row.line, f"{status} here: not subscribed again by an import"))
+                self.report.notices.append((row.line, Problem(
+                    N_("%(status)s here: not subscribed again by an import"), status=status,
+                    local=N_("has left the list here: not subscribed again by an import"))))
+                self.report.suppressed += 1
             elif status == "pending" and self.status_of(row) == "confirmed":
                 to_confirm.append(sid)
                 events.append(self.event(sid, row.email, "confirm", row, "confirmed"))
@@ -657,6 +675,7 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
                     layout=layout.name, actor=actor, command=command)
     seen: dict[str, int] = {}
     chunk: list[Row] = []
+    opted_out: list[str] = []  # addresses the export marks unsubscribed, cleaned, blocklisted
     for line, cells in _chain_records(pending_first, records):
         report.rows, report.last_line = report.rows + 1, line
         try:
@@ -666,14 +685,21 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
         except RowRejected as rejected:
             (report.notices if rejected.notice else report.errors).append((line, rejected.reason))
             report.skipped += 1
+            if rejected.opted_out:
+                opted_out.append(rejected.opted_out)
             continue
         seen[row.email] = line
         chunk.append(row)
         if len(chunk) >= chunk_size:
             writer.write(chunk)
             chunk = []
+        if len(opted_out) >= chunk_size:
+            report.opt_outs += suppression.suppress(opted_out, reason="imported", source=source)
+            opted_out = []
     if chunk:
         writer.write(chunk)
+    if opted_out:
+        report.opt_outs += suppression.suppress(opted_out, reason="imported", source=source)
     if reader.ignored_tags:
         tags = ", ".join(sorted(reader.ignored_tags)[:20])
         report.warnings.append(Problem(N_("tags that name no topic were ignored: %(tags)s"), tags=tags))

@@ -21,7 +21,7 @@ from newsletter.models import (
     Subscriber,
     utcnow,
 )
-from newsletter.subscriptions import tokens
+from newsletter.subscriptions import suppression, tokens
 from newsletter.subscriptions.consent import check_source, record_event
 from newsletter.subscriptions.validation import (
     InvalidInput,
@@ -96,11 +96,19 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
 
     New: a pending subscriber and a confirmation email. Pending: the choices are
     updated and the confirmation resent, at most once per CONFIRM_RESEND_MINUTES.
-    Confirmed: nothing at all. Unsubscribed or bounced: pending again, and must
-    confirm again (the generation bumped at unsubscribe keeps old links dead).
+    Confirmed: nothing at all. Unsubscribed or erased: pending again, and must
+    confirm again (the generation bumped at unsubscribe keeps old links dead); the
+    confirmation, the person's own, lifts the suppression. Bounced or complained:
+    nothing, until an admin lifts it. Through the API (someone else asking for the
+    person) a suppressed address is refused: Suppressed.
     """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
     check_source(source)
+    if source == "api":
+        suppression.check_not_suppressed(address)
+    elif suppression.blocks_own_signup(address):
+        db.session.rollback()  # the same answer as any other signup; nothing is sent
+        return
     subscriber = _locked_by_email(address)
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name, language=language, status="pending",
@@ -148,6 +156,7 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
         return subscriber
     subscriber.status = "confirmed"
     subscriber.confirmed_at = utcnow()
+    suppression.lift_on_opt_in(subscriber.email)  # their own double opt-in
     record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
     mail_queue.enqueue("welcome", to=subscriber.email, subscriber_id=subscriber.id)
     db.session.commit()
@@ -155,15 +164,17 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
     return subscriber
 
 
-def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> None:
-    """End the subscription (idempotent); confirmation links sent before stop working."""
+def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent: str = "") -> bool:
+    """End the subscription (idempotent: False if it had ended); confirmation links sent before
+    stop working."""
     if subscriber.status == "unsubscribed":
-        return
+        return False
     subscriber.status = "unsubscribed"
     subscriber.unsubscribed_at = utcnow()
     subscriber.generation += 1
     record_event(subscriber, "unsubscribe", source=source, ip=ip, user_agent=user_agent)
     db.session.commit()
+    return True
 
 
 def update_preferences(subscriber: Subscriber, *, topics, language, source: str = "form", ip: str = "",
@@ -197,8 +208,12 @@ def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> No
 
 def add_subscriber(email, *, name: str = "", language: str | None = None, topics=(), confirmed: bool = False,
                    source: str = "admin", detail: dict | None = None) -> Subscriber:
-    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email."""
+    """Add someone by hand (admin, CLI, API): confirmed at once, or pending with a confirmation email.
+
+    Suppressed when the address unsubscribed, bounced, complained or was erased.
+    """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
+    suppression.check_not_suppressed(address)
     existing = find_subscriber(address)
     if existing is not None:
         raise SubscriberExists(f"{address} is already on the list ({existing.status})", existing.status)

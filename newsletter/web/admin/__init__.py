@@ -31,6 +31,7 @@ NAV = [
     ("admin.sends", _l("Sends"), "editor"),
     ("admin.api_tokens", _l("API tokens"), "admin"),
     ("admin.audit", _l("Audit"), "admin"),
+    ("admin.privacy", _l("Privacy"), "admin"),
     ("admin.admins", _l("Admins"), "admin"),
 ]
 

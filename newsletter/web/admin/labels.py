@@ -146,6 +146,13 @@ def feed_problem(error: str) -> str:
     return _("The feed could not be read.")
 
 
-for _filter in (subscriber_state, digest_state, delivery_state, consent_kind, consent_source, detail_text,
-                audit_action, audit_actor, feed_problem):
+def suppression_label(reason: str) -> str:
+    return {
+        "unsubscribed": _("unsubscribed"), "bounced": _("bounced"), "complained": _("complained"),
+        "erased": _("erased"), "imported": _("opted out in an imported list"),
+    }.get(reason, reason)
+
+
+for _filter in (subscriber_state, digest_state, delivery_state, consent_kind, suppression_label,
+                consent_source, detail_text, audit_action, audit_actor, feed_problem):
     bp.add_app_template_filter(_filter)

@@ -6,13 +6,15 @@ browser changes nothing, and the page picks the progress up again when it is ope
 
 from __future__ import annotations
 
-from flask import flash, jsonify, redirect, render_template, url_for
+from flask import current_app, flash, jsonify, redirect, render_template, url_for
 from flask_babel import format_decimal, format_number
 from flask_babel import gettext as _
 from sqlalchemy import func, select
 
 from newsletter import delivery, digests
 from newsletter.admins import audit
+from newsletter.delivery import totals
+from newsletter.digests import clicks
 from newsletter.extensions import db
 from newsletter.i18n import percent_text
 from newsletter.models import Delivery, Digest
@@ -81,6 +83,9 @@ def sends():
         ).all()
         for digest_id, state, n in rows:
             counts[digest_id][state] = n
+        for digest_id, rolled in totals.totals(list(counts)).items():  # rows the purge rolled up
+            for state in totals.ROLLED_STATES:
+                counts[digest_id][state] = counts[digest_id].get(state, 0) + rolled[state]
     return render_template("admin/sends.html", sends=listed, counts=counts, status_label=status_label)
 
 
@@ -89,8 +94,10 @@ def sends():
 def sends_detail(digest_id: int):
     """One send: a live progress bar and the pause, resume and cancel buttons."""
     digest = db.get_or_404(Digest, digest_id)
+    counted = clicks.clicks(digest_id)
+    shown = counted if (current_app.config["STATS_CLICKS"] or counted) else None
     return render_template("admin/send.html", digest=digest, progress=progress_view(digest_id),
-                           status_label=status_label)
+                           status_label=status_label, clicks=shown)
 
 
 @bp.get("/sends/<int:digest_id>/progress.json")

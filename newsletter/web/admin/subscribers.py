@@ -14,12 +14,12 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from wtforms import SelectChoice
 
-from newsletter import subscriptions
+from newsletter import privacy, subscriptions
 from newsletter.admins import audit
 from newsletter.extensions import client_ip, db
 from newsletter.i18n import supported
 from newsletter.models import SUBSCRIBER_STATES, Subscriber
-from newsletter.subscriptions import imports
+from newsletter.subscriptions import imports, suppression
 from newsletter.subscriptions.listing import (
     SubscriberFilter,
     consent_events,
@@ -37,7 +37,7 @@ from newsletter.web.admin.forms import (
     ImportForm,
     SubscriberAddForm,
 )
-from newsletter.web.admin.labels import subscriber_state
+from newsletter.web.admin.labels import subscriber_state, suppression_label
 
 MAX_ID = 2**31 - 1  # the id columns are 32-bit integers on PostgreSQL
 
@@ -133,6 +133,11 @@ def subscribers_new():
                                  "added back."),
                     "complained": _("That address reported a digest as spam: it is not added back."),
                 }.get(exc.status, _("That address is already on the list."))]
+            except suppression.Suppressed as exc:
+                db.session.rollback()
+                form.email.errors = [*form.email.errors, _(
+                    "That address is on the suppression list (%(reason)s): it was left as it is. Only the "
+                    "person's own signup brings it back.", reason=suppression_label(exc.reason))]
             except subscriptions.InvalidInput as exc:
                 _add_error(form, exc)
             else:
@@ -171,7 +176,7 @@ def subscribers_erase(subscriber_id: int):
                                          _("That is not the subscriber's address. Nothing was erased.")]
         else:
             target = _target(subscriber)
-            subscriptions.erase_subscriber(subscriber, source="admin")
+            privacy.erase_person(subscriber, source="admin")
             audit.record("subscriber_erased", target)
             flash(_("The subscriber and all their data are erased."), "success")
             return redirect(url_for("admin.subscribers"))

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from newsletter import delivery
 from newsletter import digests as digest_service
+from newsletter.digests import clicks
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.models import Digest
@@ -27,7 +28,9 @@ def _digest_or_404(digest_id: int) -> Digest:
 
 
 def _detail(digest: Digest) -> dict:
-    return {**digest_json(digest), "progress": progress_json(delivery.send_progress(digest.id))}
+    progress = progress_json(delivery.send_progress(digest.id))
+    progress["clicks"] = {str(article_id): n for article_id, n in clicks.clicks(digest.id).items()}
+    return {**digest_json(digest), "progress": progress}
 
 
 @bp.get("/digests")

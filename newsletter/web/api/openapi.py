@@ -74,8 +74,9 @@ def _paths() -> dict:
             "post": _operation(
                 "createSubscriber",
                 "Ask for a subscription (double opt-in: a confirmation email goes out; "
-                "the same answer whatever the address's state)",
-                ok(202, "Accepted", "Accepted"), body="SubscriberCreate", tag="subscribers"),
+                "the same answer whatever the address's state, except 409 `suppressed` for an address "
+                "that unsubscribed, bounced, complained or was erased)",
+                ok(202, "Accepted", "Accepted"), body="SubscriberCreate", errors=(409,), tag="subscribers"),
             "get": _operation(
                 "listSubscribers", "List subscribers (by id; filter by status, topic, language)",
                 ok(200, "A page of subscribers", "SubscriberList"),

@@ -8,10 +8,11 @@ import re
 from flask import Response, jsonify, request
 from sqlalchemy import select
 
-from newsletter import subscriptions
+from newsletter import privacy, subscriptions
 from newsletter.engine.ledger import email_hash
-from newsletter.extensions import client_ip
+from newsletter.extensions import client_ip, db
 from newsletter.models import Subscriber
+from newsletter.subscriptions import suppression
 from newsletter.web.api import bp, schemas
 from newsletter.web.api.audit import audit
 from newsletter.web.api.auth import requires_role
@@ -50,6 +51,12 @@ def create_subscriber():
             user_agent=request.user_agent.string or "")
     except subscriptions.InvalidInput as exc:
         raise _invalid_input(exc) from None
+    except suppression.Suppressed as exc:
+        # Someone other than the person asks: an address that opted out stays out (the person's
+        # own signup on the form still works). Named by hash in the audit log, as below.
+        db.session.rollback()
+        raise ApiError(409, "suppressed", f"The address is on the suppression list ({exc.reason}); "
+                       "only the person's own signup can bring it back.", "email") from None
     # Named by the address's hash, never the address: the audit log outlives an erasure.
     audit("api.subscriber.signup",
           "email-sha256:" + email_hash(subscriptions.normalise_email(data["email"]))[:32])
@@ -114,6 +121,6 @@ def erase_subscriber(uid: str):
     query_params([])
     subscriber = _subscriber_or_404(uid)
     target = f"subscriber:{subscriber.id}"
-    subscriptions.erase_subscriber(subscriber, source="api")
+    privacy.erase_person(subscriber, source="api")
     audit("api.subscriber.erase", target)
     return "", 204

@@ -24,7 +24,8 @@ from flask_babel import refresh
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import text
 
-from newsletter import subscriptions
+from newsletter import privacy, subscriptions
+from newsletter.delivery import totals
 from newsletter.extensions import client_ip, csrf, db, limiter
 from newsletter.i18n import LANG_COOKIE, supported
 from newsletter.subscriptions import tokens
@@ -305,6 +306,8 @@ def unsubscribe(token: str):
     if request.method == "POST":
         if subscriber is not None:
             one_click = request.form.get("List-Unsubscribe") == "One-Click"
+            if subscriber.status != "unsubscribed":  # a link of an email: its send's figure, no name
+                totals.count_for_latest_send(subscriber.id, "unsubscribes")
             subscriptions.unsubscribe(subscriber, source="email" if one_click else "form", **_request_meta())
         return render_template("public/unsubscribed.html")
     if subscriber is None:
@@ -374,7 +377,7 @@ def erase(token: str):
         return _token_error(exc)
     form = EraseForm()
     if request.method == "POST" and form.validate():
-        subscriptions.erase_subscriber(subscriber, source="form")
+        privacy.erase_person(subscriber, source="form")
         return render_template("public/erased.html")
     return render_template("public/erase.html", form=form, token=token)
 
