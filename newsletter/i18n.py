@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app, g, request
-from flask_babel import format_datetime
 
 LANG_COOKIE = "lang"
 TRANSLATIONS = Path(__file__).parent / "translations"
@@ -84,11 +83,55 @@ def percent_text(fraction: float, decimals: int = 1) -> str:
     from babel import Locale
     from flask_babel import format_percent, get_locale
 
-    pattern = Locale.parse(str(get_locale() or "sv")).percent_formats[None].pattern
+    pattern = Locale.parse(format_locale(str(get_locale() or "sv"))).percent_formats[None].pattern
     if decimals:
         pattern = pattern.replace("0%", "0." + "0" * decimals + "%", 1).replace(
             "0\xa0%", "0." + "0" * decimals + "\xa0%", 1)
     return format_percent(fraction, pattern)
+
+
+# The locale whose conventions format dates and numbers for a language: English readers here
+# are European (day before month, 24-hour clock), not American.
+FORMAT_LOCALES = {"en": "en_GB"}
+
+
+def format_locale(language: str | None = None) -> str:
+    """The Babel locale for formatting in `language` (default: the request's language)."""
+    if language is None:
+        from flask_babel import get_locale
+
+        language = str(get_locale() or current_app.config["DEFAULT_LOCALE"])
+    return FORMAT_LOCALES.get(language, language)
+
+
+def moment_text(value: datetime | None, language: str | None = None) -> str:
+    """A moment, short, in TIMEZONE: "mån 7 dec. 07:00" / "Mon 7 Dec 07:00"; the year is added
+    when it is not this year. The one style of every time shown on a page."""
+    if value is None:
+        return ""
+    from babel.dates import format_skeleton, format_time
+
+    from newsletter.engine.clock import as_utc
+
+    locale = format_locale(language)
+    local = local_time(as_utc(value))
+    now = local_time(datetime.now(local.tzinfo))
+    day = format_skeleton("MMMEd" if local.year == now.year else "yMMMd", local, locale=locale, fuzzy=True)
+    return f"{day} {format_time(local, 'HH:mm', locale=locale)}"
+
+
+def day_text(value: datetime | date | None, language: str | None = None) -> str:
+    """A day: "7 december 2026" / "7 December 2026". The one style of a date (the archive, the
+    digest's dateline) on pages and in emails."""
+    if value is None:
+        return ""
+    from babel.dates import format_date
+
+    if isinstance(value, datetime):
+        from newsletter.engine.clock import as_utc
+
+        value = local_time(as_utc(value)).date()
+    return format_date(value, "d MMMM y", locale=format_locale(language))
 
 
 def select_timezone() -> str:
@@ -112,8 +155,11 @@ def register_template_helpers(app: Flask) -> None:
     app.after_request(remember_language)
 
     @app.template_filter("localtime")
-    def localtime_filter(value: datetime, fmt: str = "medium") -> str:
-        return format_datetime(value, fmt) if value else ""
+    def localtime_filter(value: datetime, fmt: str | None = None) -> str:
+        """Every time on a page in one short style (`fmt` is accepted and ignored)."""
+        return moment_text(value)
+
+    app.add_template_filter(day_text, "day")
 
     app.add_template_filter(localized, "localized")
     app.add_template_filter(percent_text, "percent")

@@ -321,3 +321,52 @@ def test_a_fast_embedded_signup_is_told_to_press_again_not_to_check_the_inbox(ma
     body["started"] = answer.get_json()["started"]
     again = client.post("/subscribe", json=body, headers={"Accept": "application/json"})
     assert again.status_code == 200 and again.get_json()["ok"] is True
+
+
+# --- one short, locale-correct style for each kind of date ---------------------------------------------
+
+
+def test_each_kind_of_date_has_one_short_style_per_language(app):
+    from datetime import UTC, datetime
+
+    from newsletter.i18n import day_text, moment_text
+
+    this_year = datetime.now(UTC).year
+    moment = datetime(this_year, 12, 7, 6, 0, tzinfo=UTC)  # 07:00 in Stockholm
+    with app.test_request_context(headers={"Accept-Language": "sv"}):
+        assert moment_text(moment) == "mån 7 dec. 07:00"
+        assert moment_text(moment.replace(year=this_year - 1)) == f"7 dec. {this_year - 1} 07:00"
+        assert day_text(moment) == f"7 december {this_year}"
+    with app.test_request_context(headers={"Accept-Language": "en"}):
+        assert moment_text(moment) == "Mon 7 Dec 07:00"  # en-GB: day before month, 24-hour clock
+        assert day_text(moment) == f"7 December {this_year}"
+
+
+def test_the_archive_and_the_email_write_a_digest_date_alike(smtp_app, feed_server):
+    from newsletter import delivery, digests
+    from newsletter.i18n import day_text
+
+    with smtp_app.app_context():
+        with time_machine.travel(NOW, tick=True):
+            load_fixture_feeds(feed_server, now=utcnow())
+            subscriber("en@example.com", language="en")
+            digest = delivery.send_now(NOW)
+        subject, text, html = digests.DigestRenderer(digest).render_public("en")
+        expected = day_text(digest.compiled_for, "en")
+    assert expected in text and expected in html
+    archive = smtp_app.test_client().get("/archive?lang=en").get_data(as_text=True)
+    assert expected in archive
+
+
+# --- the command line speaks plain English ----------------------------------------------------------------
+
+
+def test_commands_count_in_good_english_and_name_the_valid_topics(app):
+    runner = app.test_cli_runner()
+    with app.app_context():
+        subscriber("ensam@example.se")
+    result = runner.invoke(args=["subscribers", "export"])
+    assert result.stderr == "exported 1 subscriber\n"
+    result = runner.invoke(args=["feeds", "add", "https://norrsken.example/f.rss", "--topic", "sport"])
+    assert result.exit_code != 0 and "sport" in result.output
+    assert "nyheter" in result.output and "blogg" in result.output  # the topics that exist

@@ -183,7 +183,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
     if path is None:
         count = subscriptions.export_subscribers_csv(sys.stdout, status=status, topic=topic)
         _audit_export(count, status, topic, "stdout")
-        click.echo(f"exported {count} subscribers", err=True)
+        click.echo(f"exported {count} subscriber{'' if count == 1 else 's'}", err=True)
         return
     directory = path.resolve().parent
     try:  # mode 0600 (personal data), renamed into place when complete
@@ -198,7 +198,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
         Path(temporary).unlink(missing_ok=True)
         raise
     _audit_export(count, status, topic, str(path))
-    click.echo(f"exported {count} subscribers to {path}", err=True)
+    click.echo(f"exported {count} subscriber{'' if count == 1 else 's'} to {path}", err=True)
 
 
 def _audit_export(count: int, status: str | None, topic: str | None, where: str) -> None:

@@ -110,10 +110,18 @@ class ImportReport:
 
     def summary(self) -> str:
         what = "would be" if self.dry_run else "were"
-        return (f"{self.rows} rows ({self.layout}, {self.encoding}): {self.added} added, "
-                f"{self.updated} pending confirmed, {self.skipped} skipped ({len(self.errors)} invalid, "
-                f"{self.suppressed} suppressed, {self.opt_outs} opted out at the source); "
-                f"{self.confirmations_queued} confirmation emails {what} queued")
+        queued = self.confirmations_queued
+        what = what if queued != 1 else what.replace("were", "was")
+        return (f"{_count(self.rows, 'row')} ({self.layout}, {self.encoding}): {self.added} added, "
+                f"{self.updated} confirmed who were pending, {self.skipped} skipped "
+                f"({len(self.errors)} invalid, {self.suppressed} suppressed, "
+                f"{self.opt_outs} opted out at the source); "
+                f"{_count(queued, 'confirmation email')} {what} queued")
+
+
+def _count(number: int, noun: str) -> str:
+    """ "1 row", "2 rows": the command line's English, singular and plural."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 # --- reading the file: encoding, delimiter, lines --------------------------------------

@@ -44,7 +44,10 @@ def topics_by_slugs(slugs) -> list[Topic]:
     found = list(db.session.execute(select(Topic).where(Topic.slug.in_(wanted))).scalars())
     unknown = wanted - {t.slug for t in found}
     if unknown:
-        raise ValueError(f"unknown topic: {', '.join(sorted(unknown))}")
+        slugs = db.session.execute(select(Topic.slug).order_by(Topic.position, Topic.id)).scalars()
+        known = ", ".join(slugs)
+        raise ValueError(f"unknown topic: {', '.join(sorted(unknown))} "
+                         f"(the topics are: {known or 'none yet'})")
     return found
 
 
