@@ -79,11 +79,14 @@ def select_locale() -> str:
 
 
 def percent_text(fraction: float, decimals: int = 1) -> str:
-    """A percentage in the page's locale, with `decimals` digits: "63,8 %" (sv), "63.8%" (en)."""
+    """A percentage in the page's locale, with up to `decimals` digits: "63,8 %" (sv), "63.8%"
+    (en), "100 %"."""
     from babel import Locale
     from flask_babel import format_percent, get_locale
 
     pattern = Locale.parse(format_locale(str(get_locale() or "sv"))).percent_formats[None].pattern
+    if round(fraction * 100, decimals) == round(fraction * 100):  # whole: "100 %", not "100,0 %"
+        decimals = 0
     if decimals:
         pattern = pattern.replace("0%", "0." + "0" * decimals + "%", 1).replace(
             "0\xa0%", "0." + "0" * decimals + "\xa0%", 1)

@@ -23,8 +23,10 @@
   function render(progress) {
     root.querySelectorAll("[data-field]").forEach(function (el) {
       var name = el.getAttribute("data-field");
-      if (name in progress && el.textContent !== String(progress[name])) {
-        el.textContent = progress[name];
+      // A number is shown as the server formatted it for the page's language ("1 234", "63,8 %").
+      var value = (name + "_text") in progress ? progress[name + "_text"] : progress[name];
+      if (value !== undefined && el.textContent !== String(value)) {
+        el.textContent = value;
       }
     });
     bar.value = progress.percent;
