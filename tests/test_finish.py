@@ -252,7 +252,7 @@ def test_adding_someone_who_unsubscribed_says_they_unsubscribed(app):
         subscriber("slutat@example.se", status="unsubscribed")
     result = runner.invoke(args=["subscribers", "add", "slutat@example.se", "--confirmed"])
     assert result.exit_code != 0
-    assert "unsubscribed" in result.output and "not added back" in result.output
+    assert "unsubscribed" in result.output
     with app.app_context():
         assert subscriptions.find_subscriber("slutat@example.se").status == "unsubscribed"
 

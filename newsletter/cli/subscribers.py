@@ -60,8 +60,6 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
         raise click.ClickException(f"cannot add {email.strip()[:100]!r}: {exc.reason}") from exc
     except suppression.Suppressed as exc:
         db.session.rollback()
-        if exc.reason in SUPPRESSED:
-            raise click.ClickException(_already_there(exc.address, exc.reason)) from exc
         raise click.ClickException(f"{exc.address} is suppressed ({exc.reason}): left as it is; only the "
                                    "person's own signup brings it back") from exc
     except (subscriptions.SubscriberExists, IntegrityError) as exc:

@@ -70,6 +70,15 @@ OPT_OUTS = {
     "disabled": N_("disabled in the listmonk export: not imported"),
 }
 ACTIVE_HERE = ("pending", "confirmed")
+# What the admin's page says of a suppressed row, by the suppression's reason.
+SUPPRESSED_NOTICE = N_("on the suppression list: not imported")
+SUPPRESSED_NOTICES = {
+    "unsubscribed": N_("on the suppression list (unsubscribed): not imported"),
+    "bounced": N_("on the suppression list (bounced): not imported"),
+    "complained": N_("on the suppression list (complained): not imported"),
+    "erased": N_("on the suppression list (erased): not imported"),
+    "imported": N_("on the suppression list (opted out in an imported list): not imported"),
+}
 
 
 class ImportFailed(Exception):
@@ -539,7 +548,7 @@ class Writer:
             if row.email in refused:
                 self.report.notices.append((row.line, Problem(
                     N_("suppressed (%(reason)s): not imported"), reason=refused[row.email],
-                    local=N_("on the suppression list: not imported"))))
+                    local=SUPPRESSED_NOTICES.get(refused[row.email], SUPPRESSED_NOTICE))))
                 self.report.skipped += 1
                 self.report.suppressed += 1
         fresh = [r for r in fresh if r.email not in refused]
