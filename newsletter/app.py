@@ -66,7 +66,42 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
     register_template_helpers(app)
     register_cli(app)
     _wire_services(app)
+    _one_transaction_per_unit_of_work(app)
     return app
+
+
+def _one_transaction_per_unit_of_work(app: Flask) -> None:
+    """A request, a command or a job commits once, at its end: the services only flush, so a
+    change and its consent event, audit row and queued email are one transaction. A request
+    answered with an error, or a command or job that raised an error, writes nothing."""
+    from flask import has_request_context
+    from sqlalchemy import event
+
+    @app.after_request
+    def commit_or_roll_back(response):
+        if response.status_code < 400:
+            db.session.commit()
+        else:
+            db.session.rollback()
+        return response
+
+    @app.teardown_appcontext
+    def commit_the_rest(exc: BaseException | None) -> None:
+        """A command, a job, a test's context: what it wrote (nothing if it only read). A
+        command that exits with a status it chose (SystemExit) keeps its work; an error does not."""
+        session = db.session
+        wrote = session.info.get("wrote") or session.new or session.dirty or session.deleted
+        if (exc is None or isinstance(exc, SystemExit)) and wrote and not has_request_context():
+            session.commit()
+
+    @event.listens_for(db.session, "after_flush")
+    def remember_a_write(session, _context) -> None:
+        session.info["wrote"] = True
+
+    @event.listens_for(db.session, "after_commit")
+    @event.listens_for(db.session, "after_rollback")
+    def forget_the_write(session) -> None:
+        session.info.pop("wrote", None)
 
 
 def _wire_services(app: Flask) -> None:

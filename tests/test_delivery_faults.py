@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from newsletter import delivery
 from newsletter.engine.sending import parse_window, seconds_until_window
+from newsletter.engine.smtp import SMTPTransport
 from newsletter.extensions import db
 from newsletter.models import Admin, ConsentEvent, Delivery, Digest, Subscriber
 
@@ -288,10 +289,9 @@ def test_smtp_transport_checks_every_reply_and_reconnects(smtp_server, pipelinin
 def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_server, monkeypatch):
     """An unexpected exception out of the transport (not a MailError): the messages handed to
     it without an outcome are retried on a new connection, each recipient still gets one copy."""
-    from newsletter.mail import compose as mail
 
     fault_server(smtp_server)
-    real = mail.SMTPTransport.send_many
+    real = SMTPTransport.send_many
     calls = itertools.count(1)  # numbers the streams, also when several connections start at once
 
     def buggy(self, sender, messages, **kwargs):
@@ -301,7 +301,7 @@ def test_a_transport_bug_mid_stream_retries_the_messages_it_held(fast_app, smtp_
                 raise RuntimeError("transport bug")
             yield outcome
 
-    monkeypatch.setattr(mail.SMTPTransport, "send_many", buggy)
+    monkeypatch.setattr(SMTPTransport, "send_many", buggy)
     with fast_app.app_context():
         digest_id = seed(100)
         progress = delivery.send_digest(digest_id)

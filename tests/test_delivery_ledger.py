@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from newsletter import delivery
+from newsletter.delivery import pinning, send
+from newsletter.delivery.bounces import record_send_bounces
 from newsletter.engine.ledger import HOST, process_owner
 from newsletter.engine.prepared import slot
 from newsletter.extensions import db
@@ -134,8 +136,11 @@ def test_stale_claims_of_dead_or_silent_senders_are_taken_back(app):
 def test_a_big_list_is_pinned_in_chunks_while_the_first_ones_go_out(smtp_app, smtp_server, monkeypatch):
     """`send_digest` pins PIN_FIRST recipients, starts sending, and pins the rest a chunk at a
     time meanwhile; the send is not done before the last chunk, and everyone gets one copy."""
-    monkeypatch.setattr(delivery, "PIN_FIRST", 20)
-    monkeypatch.setattr(delivery, "PIN_CHUNK", 50)
+    monkeypatch.setattr(send, "PIN_FIRST", 20)
+    monkeypatch.setattr(pinning, "PIN_CHUNK", 50)
+    limits = []
+    real_pin = pinning._pin
+    monkeypatch.setattr(pinning, "_pin", lambda *a, **kw: limits.append(kw["limit"]) or real_pin(*a, **kw))
     with smtp_app.app_context():
         digest_id = _seed(300)
         smtp_app.config["SEND_INFLIGHT"] = 10
@@ -143,6 +148,7 @@ def test_a_big_list_is_pinned_in_chunks_while_the_first_ones_go_out(smtp_app, sm
         assert counts["sent"] == 300 and counts["total"] == 300
         digest = db.session.get(Digest, digest_id)
         assert digest.status == "done" and digest.recipient_count == 300
+    assert limits[0] == 20 and set(limits[1:]) == {50} and len(limits) >= 6  # 20, then chunks of 50
     recipients = [m["To"] for m in smtp_server.messages()]
     assert len(recipients) == len(set(recipients)) == 300
 
@@ -210,10 +216,13 @@ def test_a_failed_claim_commits_nothing_and_the_connection_goes_on(app, database
                 assert states() == {"queued": 20, "sending": 10}  # neither the results nor a claim
             more = ledger.claim(conn, digest_id, token, after=ids[-1], size=10, now=utcnow(), backoff=backoff,
                                 done=Results(sent=ids[:5], retry=[(ids[5], 1, "451 later")],
-                                             bounced=[(ids[6], 1, "550 unknown", items[6].recipient)],
+                                             bounced=[(ids[6], 1, "550 unknown")],
                                              untried=ids[7:]))
             assert [item.delivery_id for item in more] == sorted(item.delivery_id for item in more)
             assert len(more) == 10 and states() == {"sent": 5, "bounced": 1, "queued": 14, "sending": 10}
+            # The ledger records the delivery; the bounce rule (delivery.bounces) takes the person off.
+            assert db.session.get(Subscriber, items[6].recipient.id).status == "confirmed"
+            assert record_send_bounces(digest_id) == 1
             assert db.session.get(Subscriber, items[6].recipient.id).status == "bounced"
         finally:
             conn.close()

@@ -10,7 +10,8 @@ from conftest import body_text
 from newsletter import create_app
 from newsletter.engine.prepared import slot
 from newsletter.engine.smtp import MailError
-from newsletter.mail.compose import prepare_message, transport_from_url
+from newsletter.mail.compose import prepare_message
+from newsletter.mail.transports import transport_from_url
 
 
 def test_healthz_reports_database_ok(client):

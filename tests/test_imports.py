@@ -10,10 +10,10 @@ from sqlalchemy import func, select, text
 from subs_helpers import count, subscriber
 
 from newsletter import subscriptions
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, QueuedEmail, Subscriber, subscriber_topics
 from newsletter.subscriptions import imports
+from newsletter.subscriptions.consent import email_hash
 from newsletter.subscriptions.imports import ImportFailed, import_csv
 
 

@@ -10,7 +10,6 @@ from sqlalchemy import select, text
 
 from newsletter import delivery, subscriptions
 from newsletter import privacy as retention
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     ConsentEvent,
@@ -23,6 +22,7 @@ from newsletter.models import (
     subscriber_topics,
 )
 from newsletter.subscriptions import suppression
+from newsletter.subscriptions.consent import email_hash
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

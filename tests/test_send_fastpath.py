@@ -17,7 +17,7 @@ from markupsafe import escape
 
 from newsletter.digests import DigestRenderer
 from newsletter.engine.prepared import _qp, dot_stuffed, slot
-from newsletter.engine.smtp import MailError, Outgoing
+from newsletter.engine.smtp import MailError, Outgoing, SMTPTransport
 from newsletter.mail import compose as mail
 from newsletter.models import Article, Digest, Subscriber, Topic
 
@@ -69,7 +69,7 @@ def test_render_matches_the_reference_and_makes_up_date_and_message_id(app):
 
 
 def test_fast_smtp_stuffs_dots_and_quotes_addresses_like_smtplib(smtp_server):
-    transport = mail.SMTPTransport(smtp_server.url)
+    transport = SMTPTransport(smtp_server.url)
     message = (b"Subject: dots\r\nFrom: a@example.com\r\n\r\n.first line\r\nmiddle\r\n..two\r\n."
                b"\r\nlast without line end")
     try:
@@ -110,7 +110,7 @@ def test_transport_reports_a_refused_recipient_and_sends_the_next(smtp_server, p
     else:
         smtp_server.handler.faults = lambda rcpt: "451 4.7.1 try later" if rcpt.startswith("slow") else None
         url = smtp_server.url
-    transport = mail.SMTPTransport(url)
+    transport = SMTPTransport(url)
     try:
         transport.send("bounce@example.com", "reader@example.com", b"Subject: a\r\n\r\nbody\r\n")
         with pytest.raises(MailError) as refused:
@@ -162,7 +162,7 @@ def test_send_many_pipelines_a_stream_and_reports_each_message(smtp_server):
         return await cut(server, session, envelope)
 
     handler.handle_DATA = cut_r9
-    transport = mail.SMTPTransport(smtp_server.url)
+    transport = SMTPTransport(smtp_server.url)
     message = b"Subject: s\r\n\r\n.dot\r\nbody\r\n"
     stream = [Outgoing(n, f"r{n}@example.se", dot_stuffed(message)) for n in range(12)]
     connections = []

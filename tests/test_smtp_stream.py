@@ -9,8 +9,7 @@ import threading
 from delivery_helpers import PipeliningServer, fault_server
 
 from newsletter.engine.prepared import dot_stuffed
-from newsletter.engine.smtp import Outgoing
-from newsletter.mail import compose as mail
+from newsletter.engine.smtp import Outgoing, SMTPTransport
 
 MESSAGE = b"Subject: s\r\n\r\nbody\r\n"
 
@@ -25,7 +24,7 @@ def test_utf8_recipient_after_an_accepted_message_on_a_server_without_smtputf8(s
     message's (aiosmtpd's 501 to MAIL … SMTPUTF8 would bounce c@, a good address)."""
     handler = fault_server(smtp_server)  # offers PIPELINING
     smtp_server.controller.SMTP_kwargs["enable_SMTPUTF8"] = False  # aiosmtpd's default: no SMTPUTF8
-    transport = mail.SMTPTransport(smtp_server.url, timeout=3)
+    transport = SMTPTransport(smtp_server.url, timeout=3)
     try:
         outcomes = [(sent.key, error and error.code) for sent, error in transport.send_many(
             "bounce@example.se", _stream("a@example.se", "ü@example.se", "c@example.se", "d@example.se"))]
@@ -42,7 +41,7 @@ def test_utf8_recipient_announced_to_a_lenient_server_gets_nobody_elses_message(
     sent ahead, c@'s envelope and content (with c@'s personal links) would have become
     the refused recipient's message."""
     server = PipeliningServer()  # PIPELINING, no SMTPUTF8, accepts any RCPT not slow*@
-    transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
+    transport = SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
     try:
         outcomes = [(sent.key, error and error.code) for sent, error in transport.send_many(
             "bounce@example.se", _stream("a@example.se", "ü@example.se", "c@example.se"))]
@@ -71,7 +70,7 @@ def test_reused_connection_closed_while_idle_with_421_is_reopened():
         return True
 
     server.after_message = idle_timeout
-    transport = mail.SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
+    transport = SMTPTransport(f"smtp://127.0.0.1:{server.port}", timeout=3)
     try:
         transport.send("bounce@example.se", "a@example.se", MESSAGE)
         go_idle.set()
@@ -87,7 +86,7 @@ def test_without_lookahead_each_message_is_taken_only_after_the_last_is_done(smt
     """lookahead=False (a rate-limited send): the next message is asked for only once the
     last one's reply is in, so the server never waits in DATA for it."""
     handler = fault_server(smtp_server)
-    transport = mail.SMTPTransport(smtp_server.url, timeout=3)
+    transport = SMTPTransport(smtp_server.url, timeout=3)
     received_before_asking = []
 
     def messages():

@@ -13,7 +13,7 @@ from newsletter import subscriptions
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.mail import outbox as mail_queue
-from newsletter.mail.compose import MemoryTransport
+from newsletter.mail.transports import MemoryTransport
 from newsletter.models import ConsentEvent, QueuedEmail, Subscriber
 
 

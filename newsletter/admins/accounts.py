@@ -75,7 +75,7 @@ def create_admin(email: str, password: str, *, role: str = "admin", language: st
     admin = Admin(email=address, password_hash=hash_password(password), role=role,
                   language=language or current_app.config["DEFAULT_LOCALE"], active=True, session_version=0)
     db.session.add(admin)
-    db.session.commit()
+    db.session.flush()
     return admin
 
 
@@ -110,7 +110,7 @@ def authenticate(email: str, password: str) -> Admin | None:
 def mark_logged_in(admin: Admin) -> None:
     """The admin's last login is now (a password login, or the set-up link's first session)."""
     admin.last_login_at = utcnow()
-    db.session.commit()
+    db.session.flush()
 
 
 def change_password(admin: Admin, current: str, new: str) -> None:
@@ -122,7 +122,7 @@ def change_password(admin: Admin, current: str, new: str) -> None:
     check_password_strength(new, admin.email)
     admin.password_hash = hash_password(new)
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def set_active(admin: Admin, active: bool) -> None:
@@ -136,7 +136,7 @@ def set_active(admin: Admin, active: bool) -> None:
             raise AccountError("last_admin", "the last active admin cannot be deactivated")
     admin.active = active
     admin.session_version = (admin.session_version or 0) + 1
-    db.session.commit()
+    db.session.flush()
 
 
 def list_admins() -> list[Admin]:

@@ -41,7 +41,7 @@ def create_token(name: str, role: str, created_by: int | None = None) -> tuple[A
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, role=role, token_hash=hash_token(plaintext), created_by_id=created_by)
     db.session.add(token)
-    db.session.commit()
+    db.session.flush()
     return token, plaintext
 
 
@@ -52,7 +52,7 @@ def revoke_token(token_id: int) -> ApiToken | None:
         return None
     if token.revoked_at is None:
         token.revoked_at = utcnow()
-        db.session.commit()
+        db.session.flush()
     return token
 
 
@@ -68,7 +68,7 @@ def authenticate(bearer: str | None) -> ApiToken | None:
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
         token.last_used_at = now
-        db.session.commit()
+        db.session.flush()
     return token
 
 

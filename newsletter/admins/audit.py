@@ -35,7 +35,7 @@ def _current_actor() -> tuple[str, int | None]:
 
 
 def record(action: str, target: str = "", *, actor=None, **detail) -> AuditEvent:
-    """Write one audit row and commit it.
+    """Add one audit row to the transaction of the action it records.
 
     `actor` defaults to the logged-in admin (or "cli" outside a request); it may be
     an Admin, or a string such as "api:<token name>".
@@ -51,7 +51,7 @@ def record(action: str, target: str = "", *, actor=None, **detail) -> AuditEvent
         detail=_jsonable(detail), ip=(client_ip() if has_request_context() and request else "")[:64],
     )
     db.session.add(event)
-    db.session.commit()
+    db.session.flush()
     return event
 
 

@@ -23,8 +23,6 @@ from newsletter.delivery.control import (
     set_send_status,
 )
 from newsletter.delivery.pinning import (
-    PIN_CHUNK,
-    PIN_FIRST,
     pin_rest,
     pinning_done,
     start_send,
@@ -57,8 +55,6 @@ from newsletter.delivery.workers import (
 
 __all__ = [
     "InvalidPayload",
-    "PIN_CHUNK",
-    "PIN_FIRST",
     "app_ledger",
     "cancel_send",
     "finish_interrupted_sends",

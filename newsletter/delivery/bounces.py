@@ -73,6 +73,15 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
     if subscriber is None:
         log.info("%s for an address not on the list", kind)
         return None
+    apply_bounce(subscriber, kind=kind, permanent=permanent, source=source, detail=detail)
+    if commit:
+        db.session.commit()
+    return subscriber
+
+
+def apply_bounce(subscriber: Subscriber, *, kind: str, permanent: bool, source: str,
+                 detail: dict | None = None) -> None:
+    """The rule itself, for a subscriber already looked up (and locked)."""
     previous = subscriber.status
     detail = {**(detail or {}), "permanent": permanent, "previous_status": previous}
     if not permanent:
@@ -88,9 +97,23 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
         record_event(subscriber, kind, source=source, detail=detail)  # status kept, fact recorded
     if kind == "bounce" and permanent:
         _bounce_last_delivery(subscriber, detail)
-    if commit:
-        db.session.commit()
-    return subscriber
+
+
+def record_send_bounces(digest_id: int) -> int:
+    """The 5xx replies a send met (its ledger marks those deliveries bounced) applied to the
+    subscribers, through the same rule as a reported bounce; how many were taken off the list.
+    Idempotent: a subscriber already bounced is left as is."""
+    rows = db.session.execute(
+        select(Subscriber, Delivery.last_reply).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        .where(Delivery.digest_id == digest_id, Delivery.state == "bounced",
+               Subscriber.status.in_(("confirmed", "pending")))
+        .order_by(Subscriber.id).with_for_update(of=Subscriber)
+    ).all()
+    for subscriber, reply in rows:
+        apply_bounce(subscriber, kind="bounce", permanent=True, source="system",
+                     detail={"reply": reply, "digest_id": digest_id})
+    db.session.commit()
+    return len(rows)
 
 
 def _bounce_last_delivery(subscriber: Subscriber, detail: dict) -> None:

@@ -8,6 +8,7 @@ import logging
 
 from sqlalchemy import func, select, update
 
+from newsletter.delivery.bounces import record_send_bounces
 from newsletter.delivery.summary import send_summary
 from newsletter.engine.clock import utcnow
 from newsletter.engine.ledger import (
@@ -38,7 +39,13 @@ def finish_send(digest_id: int) -> bool:
 
 
 def report_outcome(digest_id: int, reason: str) -> None:
-    """Tell the admins how the send ended; a failed report never fails the send."""
+    """A send ended or stopped (done, cancelled, an error storm): the 5xx replies it met are
+    applied to the subscribers, then the admins get a summary. Never fails the send."""
+    try:
+        record_send_bounces(digest_id)
+    except Exception:  # noqa: BLE001  (applied again at the next stop or end of this send)
+        db.session.rollback()
+        log.exception("could not apply the bounces of digest %s", digest_id)
     try:
         send_summary(digest_id, reason)
     except Exception:  # noqa: BLE001  (a failed report must not fail the send)
@@ -64,7 +71,9 @@ def set_send_status(digest_id: int, status: str) -> Digest:
 
 
 def pause_send(digest_id: int) -> Digest:
-    return set_send_status(digest_id, "paused")
+    digest = set_send_status(digest_id, "paused")
+    record_send_bounces(digest_id)
+    return digest
 
 
 def cancel_send(digest_id: int) -> Digest:

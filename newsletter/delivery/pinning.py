@@ -55,7 +55,7 @@ def start_send(digest_id: int, first: int | None = None) -> int:
                               .where(Delivery.digest_id == digest_id)).scalar_one()
 
 
-def pin_rest(digest_id: int, chunk: int = PIN_CHUNK) -> None:
+def pin_rest(digest_id: int, chunk: int | None = None) -> None:
     """Pin the recipients not pinned yet, a chunk per transaction; nothing if all are."""
     digest = db.session.get(Digest, digest_id)
     db.session.refresh(digest)
@@ -64,7 +64,7 @@ def pin_rest(digest_id: int, chunk: int = PIN_CHUNK) -> None:
     after = db.session.execute(select(func.max(Delivery.subscriber_id))
                                .where(Delivery.digest_id == digest_id)).scalar() or 0
     while after is not None:
-        after = _pin(digest, digest.started_at, after=after, limit=chunk)
+        after = _pin(digest, digest.started_at, after=after, limit=chunk or PIN_CHUNK)
         db.session.commit()
     _pinned(digest_id)
     db.session.commit()

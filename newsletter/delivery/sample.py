@@ -7,6 +7,7 @@ from datetime import datetime
 from newsletter.digests.drafts import coming_digest
 from newsletter.digests.render import DigestRenderer, digest_locale
 from newsletter.mail import compose as mail
+from newsletter.mail.transports import transport_from_url
 from newsletter.subscriptions import tokens
 from newsletter.subscriptions.validation import normalise_email
 
@@ -25,7 +26,7 @@ def send_test(email: str, *, locale: str, now: datetime | None = None) -> bool:
     values = {"to": mail.smtp_address(address)[0],
               "unsubscribe_url": tokens.test_link_url("unsubscribe"),
               "preferences_url": tokens.test_link_url("preferences")}
-    transport = mail.transport_from_url()
+    transport = transport_from_url()
     try:
         transport.send(mail.envelope_sender(), address, prepared.render(values))
     finally:

@@ -79,8 +79,9 @@ from newsletter.engine.sending import (
     process_stop,
 )
 from newsletter.extensions import db
-from newsletter.mail.compose import envelope_sender, transport_from_url
+from newsletter.mail.compose import envelope_sender
 from newsletter.mail.personal import personal_links
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import Delivery, Digest, Subscriber
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def send_job(digest_id: int, settings: SendSettings, connections: int, rate: flo
 def app_sender(app: Flask, job: SendJob, message_for: MessageFactory) -> Sender:
     """A sender in this process."""
     mail_url = app.config["MAIL_URL"]
-    return Sender(app_ledger(), job, message_for, lambda: transport_from_url(mail_url),
+    return Sender(app_ledger(), job, message_for, lambda: transport_from_url(mail_url, bulk=True),
                   AppHooks(app, job.digest_id))
 
 

@@ -13,6 +13,7 @@ from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
 from newsletter.mail import compose as mail
 from newsletter.mail import outbox as mail_queue
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import Admin, Delivery, Digest
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def send_summary(digest_id: int, reason: str) -> int:
                 current_app.config["DEFAULT_LOCALE"]
             message = mail.build_email("send_summary", admin.email, locale, **context)
             try:
-                transport = transport or mail.transport_from_url()
+                transport = transport or transport_from_url()
                 transport.send(mail.envelope_sender(), admin.email, message)
             except MailError as exc:
                 log.warning("summary to %s not sent now (%s): queued", admin.email, exc)

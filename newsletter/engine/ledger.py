@@ -13,8 +13,6 @@ the claims of a process that is gone can be told apart and taken back.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 import socket
@@ -28,10 +26,6 @@ from newsletter.engine.clock import SQLITE_TIME, as_utc, utcnow
 
 OPEN_STATES = ("queued", "sending")  # not finished yet
 
-
-def email_hash(email: str) -> str:
-    """What an erased person leaves in the consent ledger: the SHA-256 of the normalised address."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 # --- claim owners ---------------------------------------------------------------------------
@@ -127,7 +121,7 @@ class Results:
     skipped: list[int] = field(default_factory=list)
     retry: list[tuple[int, int, str]] = field(default_factory=list)  # (id, attempts, reply)
     failed: list[tuple[int, int, str]] = field(default_factory=list)
-    bounced: list[tuple[int, int, str, Recipient]] = field(default_factory=list)
+    bounced: list[tuple[int, int, str]] = field(default_factory=list)  # the person: delivery.bounces
     handed_on: list[int] = field(default_factory=list)  # not for this process (sending.NotHere)
     untried: list[int] = field(default_factory=list)  # claimed, but not sent (a stop, a pause)
 
@@ -380,24 +374,11 @@ class Ledger:
         for delivery_id, attempts, reply in results.failed:
             each([delivery_id], "state = 'failed', claimed_by = NULL, attempts = ?, last_reply = ?,"
                  " updated_at = ?", [attempts, reply, now])
-        for delivery_id, attempts, reply, recipient in results.bounced:
+        for delivery_id, attempts, reply in results.bounced:
             each([delivery_id], "state = 'bounced', claimed_by = NULL, attempts = ?, last_reply = ?,"
                  " updated_at = ?", [attempts, reply, now])
-            self._mark_bounced(cursor, recipient, reply, digest_id, now)
         # Not tried (a stop, a pause) or not for this process: back to the queue, never sent.
         each(results.untried + results.handed_on, _BACK, [now])
-
-    def _mark_bounced(self, cursor, recipient: Recipient, reply: str, digest_id: int, now) -> None:
-        """A 5xx: the address is bounced for good, with a consent-ledger event."""
-        cursor.execute(self._sql("UPDATE subscriber SET status = 'bounced'"
-                                 " WHERE id = ? AND status IN ('confirmed', 'pending')"), [recipient.id])
-        if cursor.rowcount:
-            detail = json.dumps({"reply": reply, "digest_id": digest_id})
-            cursor.execute(self._sql(
-                "INSERT INTO consent_event (subscriber_id, email_hash, kind, source, wording_version, ip,"
-                f" user_agent, detail, created_at) VALUES (?, ?, 'bounce', 'system', '', '', '', "
-                f"{'CAST(? AS JSON)' if self.postgresql else '?'}, ?)"),
-                [recipient.id, email_hash(recipient.email), detail, now])
 
     # the send's state
 

@@ -468,7 +468,7 @@ class Sender:
         attempts = item.attempts + 1
         reply = str(error)[:500]
         if error.permanent:
-            results.bounced.append((item.delivery_id, attempts, reply, item.recipient))
+            results.bounced.append((item.delivery_id, attempts, reply))
         elif attempts >= self.settings.max_attempts:
             results.failed.append((item.delivery_id, attempts, reply))
         else:

@@ -92,6 +92,40 @@ _ACCEPTED = ((250,), (250, 251), (354,))  # MAIL, RCPT, DATA
 _MAX_REPLY_LINE = 8192  # smtplib's _MAXLINE
 
 
+class SMTPServer(NamedTuple):
+    """Where MAIL_URL points: smtp://, smtp+starttls:// or smtps://, with an optional login."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> SMTPServer:
+        parts = urlsplit(url)
+        return cls(parts.scheme, parts.hostname or "localhost",
+                   parts.port or {"smtps": 465, "smtp+starttls": 587}.get(parts.scheme, 25),
+                   unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None)
+
+    def connect(self, timeout: float) -> smtplib.SMTP:
+        """An smtplib connection after EHLO, STARTTLS and AUTH as the URL asks."""
+        # Only TLS needs the context (loading the CA store costs a good part of a connect).
+        context = ssl.create_default_context() if self.scheme in ("smtps", "smtp+starttls") else None
+        if self.scheme == "smtps":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=timeout, context=context)
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=timeout)
+        conn.ehlo()
+        if self.scheme == "smtp+starttls":
+            conn.starttls(context=context)
+            conn.ehlo()
+        if self.username:
+            conn.login(self.username, self.password or "")
+        return conn
+
+
 class SMTPTransport:
     """One SMTP connection, opened on first use and reused until closed or dropped.
 
@@ -102,32 +136,16 @@ class SMTPTransport:
     """
 
     def __init__(self, url: str, timeout: float = 30):
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        self.host = parts.hostname or "localhost"
-        self.port = parts.port or {"smtps": 465, "smtp+starttls": 587}.get(self.scheme, 25)
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+        self.server = SMTPServer.from_url(url)
         self.timeout = timeout
         self._conn: smtplib.SMTP | None = None
         self.pipelining = False  # the server's EHLO offered PIPELINING (RFC 2920)
         self.smtputf8 = False
 
     def _connect(self) -> smtplib.SMTP:
-        # Only TLS needs the context (loading the CA store costs a good part of a connect).
-        context = ssl.create_default_context() if self.scheme in ("smtps", "smtp+starttls") else None
-        if self.scheme == "smtps":
-            conn: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        else:
-            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        conn.ehlo()
-        if self.scheme == "smtp+starttls":
-            conn.starttls(context=context)
-            conn.ehlo()
+        conn = self.server.connect(self.timeout)
         self.pipelining = conn.has_extn("pipelining")
         self.smtputf8 = conn.has_extn("smtputf8")
-        if self.username:
-            conn.login(self.username, self.password or "")
         if conn.file is None:
             conn.file = conn.sock.makefile("rb")
         return conn

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
-import threading
 from email.header import Header
 from email.utils import formataddr, parseaddr
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import css_inline
 from flask import current_app, render_template
 from flask_babel import force_locale
 
-from newsletter.engine.clock import utcnow
 from newsletter.engine.prepared import (
     _CRLF,
     DkimSigner,
@@ -39,9 +35,6 @@ from newsletter.engine.prepared import (
     _add_body,
 )
 from newsletter.engine.smtp import (
-    SMTPTransport,
-    Transport,
-    _OneByOne,
     smtp_address,
 )
 
@@ -223,55 +216,6 @@ def build_email(name: str, to: str, locale: str, *, bulk: bool = False, slots: d
     subject, text, html = render_email(name, locale, **context)
     prepared = prepare_message(subject=subject, text=text, html=html, bulk=bulk)
     return prepared.render({"to": smtp_address(to)[0], **(slots or {})})
-
-
-class OutboxTransport(_OneByOne):
-    """Writes each message as an .eml file into a folder, for development and review."""
-
-    def __init__(self, directory: str):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S")
-        name = f"{stamp}-{secrets.token_hex(4)}-{recipient.replace('/', '_')}.eml"
-        tmp = self.directory / f".{name}.tmp"
-        tmp.write_bytes(message)
-        os.replace(tmp, self.directory / name)  # never a half-written .eml
-
-    def close(self) -> None:
-        pass
-
-
-class MemoryTransport(_OneByOne):
-    """Keeps messages in a list shared per URL; for tests."""
-
-    boxes: dict[str, list[tuple[str, str, bytes]]] = {}
-    _lock = threading.Lock()
-
-    def __init__(self, url: str):
-        with self._lock:
-            self.box = self.boxes.setdefault(url, [])
-
-    def send(self, sender: str, recipient: str, message: bytes) -> None:
-        with self._lock:
-            self.box.append((sender, recipient, message))
-
-    def close(self) -> None:
-        pass
-
-
-def transport_from_url(url: str | None = None) -> Transport:
-    """A transport for MAIL_URL (smtp://, smtp+starttls://, smtps://, outbox://DIR, memory://)."""
-    url = url or current_app.config["MAIL_URL"]
-    scheme = urlsplit(url).scheme
-    if scheme in ("smtp", "smtps", "smtp+starttls"):
-        return SMTPTransport(url)
-    if scheme == "outbox":
-        return OutboxTransport(url[len("outbox://"):])
-    if scheme == "memory":
-        return MemoryTransport(url)
-    raise ValueError(f"MAIL_URL scheme {scheme!r} is not one of smtp, smtp+starttls, smtps, outbox, memory")
 
 
 def envelope_sender() -> str:

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import event, func, or_, select, update
 
 from newsletter.engine.clock import utcnow
 from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
-from newsletter.mail.compose import envelope_sender, transport_from_url
+from newsletter.mail.compose import envelope_sender
+from newsletter.mail.transports import transport_from_url
 from newsletter.models import QueuedEmail, Subscriber
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,28 @@ def renderer(kind: str) -> Callable[[Renderer], Renderer]:
     return register
 
 
+@event.listens_for(db.session, "after_commit")
+def _wake_after_commit(session) -> None:
+    """Mail queued in a transaction goes out once it is committed, never before."""
+    app = session.info.pop("outbox_wake", None)
+    if app is not None:
+        with app.app_context():
+            wake()
+
+
+@event.listens_for(db.session, "after_rollback")
+def _nothing_to_wake(session) -> None:
+    session.info.pop("outbox_wake", None)
+
+
 def enqueue(kind: str, *, to: str, subscriber_id: int | None = None, message: bytes = b"") -> QueuedEmail:
-    """Add a message to the session; it is durable when the caller commits. Then call `wake()`."""
+    """Add a message to the session; it is durable, and the worker is woken, when the caller commits."""
     if not message and kind not in RENDERERS:
         raise ValueError(f"no message given and no renderer for {kind!r}")
     row = QueuedEmail(kind=kind, to_addr=to, subscriber_id=subscriber_id, message=message,
                       next_attempt_at=utcnow())
     db.session.add(row)
+    db.session.info["outbox_wake"] = current_app._get_current_object()  # type: ignore[attr-defined]
     return row
 
 

@@ -6,12 +6,13 @@ the wording changed.
 
 from __future__ import annotations
 
+import hashlib
+
 from flask import current_app
 from flask_babel import force_locale
 from flask_babel import gettext as _
 from sqlalchemy import select
 
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     CONSENT_SOURCES,
@@ -40,6 +41,11 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
     )
     db.session.add(event)
     return event
+
+
+def email_hash(email: str) -> str:
+    """What an erased person leaves in the consent ledger: the SHA-256 of the normalised address."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 def consent_wording() -> str:

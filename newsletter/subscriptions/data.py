@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import current_app
 from sqlalchemy import delete, select
 
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.models import (
     ConsentEvent,
@@ -15,7 +14,7 @@ from newsletter.models import (
     Subscriber,
 )
 from newsletter.subscriptions import suppression
-from newsletter.subscriptions.consent import check_source, ledger_with_wordings
+from newsletter.subscriptions.consent import check_source, email_hash, ledger_with_wordings
 from newsletter.subscriptions.topics import topic_slugs
 
 
@@ -74,4 +73,4 @@ def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
     db.session.add(ConsentEvent(subscriber_id=None, email_hash=hashed, kind="erase",
                                 source=check_source(source),
                                 wording_version=current_app.config["CONSENT_VERSION"]))
-    db.session.commit()
+    db.session.flush()

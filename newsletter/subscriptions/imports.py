@@ -37,7 +37,6 @@ from flask_babel import gettext
 from sqlalchemy import JSON, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import db
 from newsletter.i18n import N_, Problem, localized
 from newsletter.mail import outbox as mail_queue
@@ -51,6 +50,7 @@ from newsletter.models import (
     utcnow,
 )
 from newsletter.subscriptions import suppression
+from newsletter.subscriptions.consent import email_hash
 from newsletter.subscriptions.signup import InvalidInput, normalise_email
 from newsletter.subscriptions.topics import all_topics, ensure_topics
 from newsletter.subscriptions.validation import clean_name, has_forbidden_characters

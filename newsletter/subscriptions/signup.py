@@ -122,8 +122,7 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
             if subscriber is None:
                 raise
     if subscriber.status == "confirmed":
-        db.session.rollback()  # nothing changes, nothing is sent, nothing is told
-        return
+        return  # nothing changes, nothing is sent, nothing is told
     if subscriber.status != "pending":
         subscriber.status = "pending"
         subscriber.confirmation_sent_at = None  # a new subscription: confirm it now
@@ -134,8 +133,7 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
                  detail={"topics": [t.slug for t in chosen], "language": language})
     if _resend_due(subscriber):
         _queue_confirmation(subscriber)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
 
 
 def subscriber_for_confirm(token: str) -> Subscriber:
@@ -159,8 +157,7 @@ def confirm_subscription(token: str, *, ip: str = "", user_agent: str = "") -> S
     suppression.lift_on_opt_in(subscriber.email)  # their own double opt-in
     record_event(subscriber, "confirm", source="email", ip=ip, user_agent=user_agent)
     mail_queue.enqueue("welcome", to=subscriber.email, subscriber_id=subscriber.id)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
     return subscriber
 
 
@@ -173,7 +170,7 @@ def unsubscribe(subscriber: Subscriber, *, source: str, ip: str = "", user_agent
     subscriber.unsubscribed_at = utcnow()
     subscriber.generation += 1
     record_event(subscriber, "unsubscribe", source=source, ip=ip, user_agent=user_agent)
-    db.session.commit()
+    db.session.flush()
     return True
 
 
@@ -184,7 +181,7 @@ def update_preferences(subscriber: Subscriber, *, topics, language, source: str 
     subscriber.topics, subscriber.language = chosen, language
     record_event(subscriber, "preferences", source=source, ip=ip, user_agent=user_agent,
                  detail={"topics": [t.slug for t in chosen], "language": language})
-    db.session.commit()
+    db.session.flush()
 
 
 def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> None:
@@ -202,8 +199,7 @@ def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> No
     if recent:
         return
     mail_queue.enqueue("preferences_link", to=subscriber.email, subscriber_id=subscriber.id)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
 
 
 def add_subscriber(email, *, name: str = "", language: str | None = None, topics=(), confirmed: bool = False,
@@ -227,6 +223,5 @@ def add_subscriber(email, *, name: str = "", language: str | None = None, topics
                  detail={"confirmed": confirmed, **(detail or {})})
     if not confirmed:
         _queue_confirmation(subscriber)
-    db.session.commit()
-    mail_queue.wake()
+    db.session.flush()
     return subscriber

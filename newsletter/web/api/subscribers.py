@@ -9,10 +9,10 @@ from flask import Response, jsonify, request
 from sqlalchemy import select
 
 from newsletter import privacy, subscriptions
-from newsletter.engine.ledger import email_hash
 from newsletter.extensions import client_ip, db
 from newsletter.models import Subscriber
 from newsletter.subscriptions import suppression
+from newsletter.subscriptions.consent import email_hash
 from newsletter.web.api import bp, schemas
 from newsletter.web.api.audit import audit
 from newsletter.web.api.auth import requires_role

@@ -1,10 +1,8 @@
 """Reading a request: its JSON body and query parameters, checked against JSON Schemas.
 
 The schemas are the ones the OpenAPI document publishes (api/schemas.py), so the
-document and the checks cannot drift apart. The validator covers the subset of
-JSON Schema those schemas use: type, enum, min/maxLength, minimum/maximum, items,
-maxItems, uniqueItems, properties, required, additionalProperties: false, and the
-date-time format. Every failure is a 4xx ApiError naming the field.
+document and the checks cannot drift apart. `jsonschema` checks them (Draft 2020-12);
+this module only turns its first error into a 4xx ApiError naming the field.
 """
 
 from __future__ import annotations
@@ -14,89 +12,85 @@ import re
 from datetime import UTC, datetime
 
 from flask import request
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError, best_match
 
 from newsletter.web.api.errors import ApiError
 
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
-JSON_TYPES = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
-    "null": lambda v: v is None,
-}
+FORMATS = FormatChecker(formats=())
+
+
+@FORMATS.checks("date-time", raises=(ValueError, OverflowError))
+def _date_time(value: object) -> bool:
+    """RFC 3339 with a zone, and a real moment (not 30 February, not before year 1 in UTC)."""
+    if not isinstance(value, str):
+        return True
+    if not RFC3339.fullmatch(value):
+        return False
+    datetime.fromisoformat(value.upper()).astimezone(UTC)
+    return True
 
 
 def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_input", message, field=field or None)
 
 
+def _field(error: ValidationError) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    name = ""
+    if error.validator == "required":
+        name = next(n for n in error.validator_value if n not in error.instance)
+    elif error.validator == "additionalProperties":
+        name = next(n for n in error.instance if n not in error.schema.get("properties", {}))
+    return f"{path}.{name}" if path and name else path or name
+
+
+def _message(error: ValidationError) -> str:
+    rule, value = error.validator, error.validator_value
+    if rule == "type":
+        return f"expected {' or '.join([value] if isinstance(value, str) else value)}"
+    if rule == "enum":
+        return f"must be one of: {', '.join(str(v) for v in value if v is not None)}"
+    if rule == "minLength":
+        return "must not be empty" if value == 1 else "too short"
+    if rule == "format" and value == "date-time":
+        return "not an RFC 3339 date-time (e.g. 2026-11-23T07:00:00+01:00)"
+    return {
+        "required": "required",
+        "additionalProperties": "unknown field",
+        "minProperties": "nothing to change: give at least one field",
+        "maxLength": f"at most {value} characters",
+        "maxItems": f"at most {value} items",
+        "uniqueItems": "items must be unique",
+        "minimum": f"must be at least {value}",
+        "maximum": f"must be at most {value}",
+        "pattern": f"must match {value}",
+        "const": f"must be {value!r}",
+    }.get(rule, error.message)
+
+
+def _nul(value, field: str = "") -> str | None:
+    """The field of the first string that holds a NUL character, if any."""
+    if isinstance(value, str):
+        return field if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nul(item, f"{field}[{key}]" if isinstance(key, int) else f"{field}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
+
+
 def validate(value, schema: dict, field: str = "") -> None:
     """Raise ApiError(422) when `value` does not satisfy `schema`."""
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(JSON_TYPES[t](value) for t in types):
-            raise invalid(field, f"expected {' or '.join(types)}")
-    if value is None:
-        return
-    if "const" in schema and value != schema["const"]:
-        raise invalid(field, f"must be {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise invalid(field, f"must be one of: {', '.join(map(str, schema['enum']))}")
-    if isinstance(value, str):
-        _validate_string(value, schema, field)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise invalid(field, f"must be at least {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise invalid(field, f"must be at most {schema['maximum']}")
-    elif isinstance(value, list):
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise invalid(field, f"at most {schema['maxItems']} items")
-        if schema.get("uniqueItems") and len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
-            raise invalid(field, "items must be unique")
-        for index, item in enumerate(value):
-            validate(item, schema.get("items", {}), f"{field}[{index}]")
-    elif isinstance(value, dict):
-        _validate_object(value, schema, field)
-
-
-def _validate_string(value: str, schema: dict, field: str) -> None:
-    if "minLength" in schema and len(value) < schema["minLength"]:
-        raise invalid(field, "must not be empty" if schema["minLength"] == 1 else "too short")
-    if "maxLength" in schema and len(value) > schema["maxLength"]:
-        raise invalid(field, f"at most {schema['maxLength']} characters")
-    if "pattern" in schema and not re.search(schema["pattern"], value):
-        raise invalid(field, f"must match {schema['pattern']}")
-    if "\x00" in value:
-        raise invalid(field, "NUL character not allowed")
-    if schema.get("format") == "date-time":
-        if not RFC3339.fullmatch(value):
-            raise invalid(field, "not an RFC 3339 date-time (e.g. 2026-11-23T07:00:00+01:00)")
-        try:
-            datetime.fromisoformat(value.upper()).astimezone(UTC)
-        except (ValueError, OverflowError) as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-            raise invalid(field, "not a valid date or time") from exc
-
-
-def _validate_object(value: dict, schema: dict, field: str) -> None:
-    properties = schema.get("properties", {})
-    prefix = f"{field}." if field else ""
-    for name in schema.get("required", []):
-        if name not in value:
-            raise invalid(prefix + name, "required")
-    if schema.get("additionalProperties") is False:
-        for name in value:
-            if name not in properties:
-                raise invalid(prefix + name, "unknown field")
-    for name, item in value.items():
-        if name in properties:
-            validate(item, properties[name], prefix + name)
-    if schema.get("minProperties") and len(value) < schema["minProperties"]:
-        raise invalid(field, "nothing to change: give at least one field")
+    error = best_match(Draft202012Validator(schema, format_checker=FORMATS).iter_errors(value))
+    if error is not None:
+        name = _field(error)
+        raise invalid(f"{field}.{name}" if field and name else field or name, _message(error))
+    bad = _nul(value, field)
+    if bad is not None:
+        raise invalid(bad, "NUL character not allowed")
 
 
 def _reject_constant(name: str):

@@ -7,23 +7,25 @@ SHA256withRSA (2) by the key in the X.509 certificate at SigningCertURL. That UR
 must be https on an SNS host (SNS_CERT_HOST_PATTERN), so the TLS connection to
 AWS vouches for the certificate; certificates are cached per URL.
 
-The RSA check uses dkimpy's RSASSA-PKCS1-v1_5 (dkimpy is a dependency already;
-the `cryptography` package is not installed), and the certificate's public key is
-read with the small DER walker below: only the fields we need, strictly.
+The certificate is read and the RSASSA-PKCS1-v1_5 signature checked with
+`cryptography` (OpenSSL).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import re
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from flask import current_app
 
 from newsletter.engine.clock import utcnow
@@ -37,7 +39,7 @@ SIGNED_FIELDS = {
     "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn",
                                 "Type"),
 }
-HASHES = {"1": hashlib.sha1, "2": hashlib.sha256}
+HASHES = {"1": hashes.SHA1, "2": hashes.SHA256}
 FETCH_TIMEOUT = 10  # seconds
 MAX_CERT_BYTES = 64 * 1024
 CACHE_SIZE = 32
@@ -113,83 +115,22 @@ def fetch(url: str, *, max_bytes: int = MAX_CERT_BYTES) -> bytes:
 
 @dataclass(frozen=True)
 class Certificate:
-    public_key: dict  # dkimpy's form: modulus, publicExponent
+    public_key: rsa.RSAPublicKey
     not_before: datetime
     not_after: datetime
 
 
-def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the DER element at pos."""
-    if pos + 2 > end:
-        raise ValueError("truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or pos + count > end:
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + length > end:
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(tag, element start, value start, value end) of each element in data[start:end]."""
-    items = []
-    pos = start
-    while pos < end:
-        tag, value_start, value_end = _tlv(data, pos, end)
-        items.append((tag, pos, value_start, value_end))
-        pos = value_end
-    return items
-
-
-def _time(tag: int, raw: bytes) -> datetime:
-    text = raw.decode("ascii")
-    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
-        parsed = datetime.strptime(text, "%y%m%d%H%M%SZ")
-    elif tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
-        parsed = datetime.strptime(text, "%Y%m%d%H%M%SZ")
-    else:
-        raise ValueError("bad time in certificate validity")
-    return parsed.replace(tzinfo=UTC)
-
-
 def parse_certificate(pem: bytes) -> Certificate:
     """The RSA public key and validity of a PEM X.509 certificate; ValueError otherwise."""
-    import dkim.crypto  # imported when an SNS message comes in
-
-    match = re.search(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.DOTALL)
-    if match is None:
-        raise ValueError("no PEM certificate")
     try:
-        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
-    except binascii.Error as exc:
-        raise ValueError("bad base64 in the certificate") from exc
-    tag, start, end = _tlv(der, 0, len(der))
-    if tag != 0x30:
-        raise ValueError("not a certificate")
-    tbs_tag, _, tbs_start, tbs_end = _children(der, start, end)[0]
-    if tbs_tag != 0x30:
-        raise ValueError("not a certificate")
-    fields = _children(der, tbs_start, tbs_end)
-    if fields and fields[0][0] == 0xA0:  # [0] version
-        fields = fields[1:]
-    if len(fields) < 6:
-        raise ValueError("certificate too short")
-    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
-    validity, spki = fields[3], fields[5]
-    times = _children(der, validity[2], validity[3])
-    if validity[0] != 0x30 or len(times) != 2:
-        raise ValueError("bad certificate validity")
-    not_before, not_after = (_time(t[0], der[t[2]:t[3]]) for t in times)
-    try:
-        public_key = dkim.crypto.parse_public_key(der[spki[1]:spki[3]])
-    except Exception as exc:  # noqa: BLE001  (dkimpy raises several kinds for a non-RSA key)
-        raise ValueError(f"not an RSA public key: {exc}") from exc
-    return Certificate(public_key=public_key, not_before=not_before, not_after=not_after)
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM certificate: {exc}") from exc
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return Certificate(public_key=key, not_before=cert.not_valid_before_utc,
+                       not_after=cert.not_valid_after_utc)
 
 
 _cache: dict[str, Certificate] = {}
@@ -220,8 +161,6 @@ def certificate(url: str) -> Certificate:
 
 def verify(message: dict) -> None:
     """Raise SnsError unless the message carries a valid SNS signature (and is recent enough)."""
-    import dkim.crypto  # imported when an SNS message comes in
-
     if not isinstance(message, dict):
         raise SnsError("the SNS message is not a JSON object", 400)
     canonical = string_to_sign(message)
@@ -236,10 +175,10 @@ def verify(message: dict) -> None:
     if not allowed_url(url):
         raise SnsError("SigningCertURL is not an https URL on an SNS host")
     key = certificate(url).public_key  # type: ignore[arg-type]
-    modulus_length = (key["modulus"].bit_length() + 7) // 8
-    if len(signature) != modulus_length or not dkim.crypto.RSASSA_PKCS1_v1_5_verify(
-            HASHES[version](canonical), signature, key):
-        raise SnsError("the SNS signature does not match")
+    try:
+        key.verify(signature, canonical, padding.PKCS1v15(), HASHES[version]())
+    except InvalidSignature as exc:
+        raise SnsError("the SNS signature does not match") from exc
     _check_age(message)
 
 
