@@ -373,3 +373,31 @@ def test_commands_count_in_good_english_and_name_the_valid_topics(app):
     result = runner.invoke(args=["feeds", "add", "https://norrsken.example/f.rss", "--topic", "sport"])
     assert result.exit_code != 0 and "sport" in result.output
     assert "nyheter" in result.output and "blogg" in result.output  # the topics that exist
+
+
+# --- the emails of the subscription say who, what and when ------------------------------------------------
+
+
+def test_the_confirmation_and_welcome_emails_say_who_what_and_when(smtp_app, smtp_server):
+    from conftest import body_text
+
+    from newsletter.mail import outbox as mail_queue
+
+    with smtp_app.app_context():
+        person = subscriptions.add_subscriber("ny@example.se", topics=["blogg"], language="sv",
+                                              source="admin")
+        db.session.commit()
+        mail_queue.flush()
+        subscriptions.confirm_subscription(tokens.confirm_token(person))
+        db.session.commit()
+        mail_queue.flush()
+    confirmation, welcome = smtp_server.messages(to="ny@example.se")
+    html = body_text(confirmation, "html")
+    site = smtp_app.config.get("SITE_NAME") or "Nyhetsbrev"
+    assert site in html.split("<h1>")[0]  # who writes: a heading above the message
+    link = re.search(r'href="([^"]*/confirm/[^"]+)"', html).group(1)
+    assert html.count(link) == 2 and html.count(f'href="{link}"') == 1  # the button, and the plain address
+    assert "Länken gäller i 7 dagar" in html and "Länken gäller i 7 dagar" in body_text(confirmation)
+    text = body_text(welcome)
+    assert "Dina ämnen: Blogg" in text and "Språk: svenska" in text
+    assert re.search(r"Första nyhetsbrevet kommer: mån \d+ \w+\.? 07:00", text), text
