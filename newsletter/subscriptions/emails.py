@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from flask_babel import force_locale, gettext
 
-from newsletter.schedule import next_digest_time
 from newsletter.engine.clock import utcnow
 from newsletter.engine.prepared import slot
 from newsletter.i18n import moment_text
@@ -15,6 +14,7 @@ from newsletter.mail.personal import personal_values
 from newsletter.models import (
     Subscriber,
 )
+from newsletter.schedule import next_digest_time
 from newsletter.subscriptions import tokens
 
 
