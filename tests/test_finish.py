@@ -401,3 +401,16 @@ def test_the_confirmation_and_welcome_emails_say_who_what_and_when(smtp_app, smt
     text = body_text(welcome)
     assert "Dina ämnen: Blogg" in text and "Språk: svenska" in text
     assert re.search(r"Första nyhetsbrevet kommer: mån \d+ \w+\.? 07:00", text), text
+
+
+def test_check_your_inbox_shows_the_address_with_a_way_to_correct_it_in_either_language(client):
+    from subs_helpers import signup
+
+    page = signup(client, "anna@exmaple.se", headers={"Accept-Language": "sv"})
+    text = page.get_data(as_text=True)
+    assert "anna@exmaple.se" in text and "/subscribe?email=anna@exmaple.se" in text
+    assert 'href="/subscribe/sent?lang=en"' in text  # the switch keeps this page
+    english = client.get("/subscribe/sent?lang=en").get_data(as_text=True)
+    assert "Check your inbox" in english and "anna@exmaple.se" in english
+    again = client.get("/subscribe?email=anna%40exmaple.se").get_data(as_text=True)
+    assert 'value="anna@exmaple.se"' in again

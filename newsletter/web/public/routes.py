@@ -17,6 +17,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask_babel import gettext as _
@@ -185,13 +186,26 @@ def _subscribe_form(form: SubscribeForm | None = None) -> SubscribeForm:
     return form
 
 
-def _check_inbox():
-    """The one answer to every accepted signup, whatever the address's state."""
+def _check_inbox(address: str | None = None):
+    """The one answer to every accepted signup, whatever the address's state. The page repeats
+    the address as it was typed (a typo shows) and its language switch keeps the page."""
     message = _("Thank you! Check your inbox: if the address can be subscribed, we have sent an "
                 "email with a link to confirm your subscription.")
     if request.is_json:
         return jsonify(ok=True, message=message)
-    return render_template("public/check_inbox.html", message=message)
+    if address:
+        session["signup_address"] = address
+    return render_template("public/check_inbox.html", message=message, address=address,
+                           lang_base=url_for("public.subscribe_sent") if address else "")
+
+
+@bp.get("/subscribe/sent")
+def subscribe_sent():
+    """The "check your inbox" page again (after a change of language), for this browser's signup."""
+    address = session.get("signup_address")
+    if not address:
+        return redirect(url_for("public.subscribe"))
+    return _check_inbox(address)
 
 
 def _request_meta() -> dict:
@@ -216,14 +230,16 @@ def subscribe():
             return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
         if form.website.data:
             log.info("signup dropped as a bot (honeypot) from %s", client_ip())
-            return _check_inbox()
+            return _check_inbox(form.email.data)
         if filled_too_fast(form.started.data):  # autofill and a quick click, or a bot: one more step
             return render_template("public/subscribe.html", form=form,
                                    started=signup_timestamp(second_step=True), again=True)
         subscriptions.request_signup(form.email.data, topics=form.topics.data, language=form.language.data,
                                      source="form", **_request_meta())
-        return _check_inbox()
-    return render_template("public/subscribe.html", form=_subscribe_form(), started=signup_timestamp())
+        return _check_inbox(form.email.data)
+    form = _subscribe_form()
+    form.email.data = (request.args.get("email") or "")[:254] or None  # "correct it": the address again
+    return render_template("public/subscribe.html", form=form, started=signup_timestamp())
 
 
 @bp.get("/subscribe/start")
