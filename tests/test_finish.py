@@ -414,3 +414,16 @@ def test_check_your_inbox_shows_the_address_with_a_way_to_correct_it_in_either_l
     assert "Check your inbox" in english and "anna@exmaple.se" in english
     again = client.get("/subscribe?email=anna%40exmaple.se").get_data(as_text=True)
     assert 'value="anna@exmaple.se"' in again
+
+
+def test_after_unsubscribing_the_settings_offer_to_subscribe_again_not_to_save(app, client):
+    with app.app_context():
+        person = subscriber("kvar@example.se")
+        preferences = f"/preferences/{tokens.preferences_token(person)}"
+        unsubscribe = f"/unsubscribe/{tokens.unsubscribe_token(person)}"
+    page = _sv(client, unsubscribe).get_data(as_text=True)
+    assert "Ändra dina ämnen i stället" in page and preferences in page
+    client.post(unsubscribe)
+    page = _sv(client, preferences).get_data(as_text=True)
+    assert "Prenumerera igen" in page and ">Spara<" not in page
+    assert "/subscribe?email=kvar@example.se" in page

@@ -330,7 +330,8 @@ def unsubscribe(token: str):
         return _token_error(subscriptions.SubscriberErased("no such subscriber"))
     if subscriber.status == "unsubscribed":
         return render_template("public/unsubscribed.html")
-    return render_template("public/unsubscribe.html", subscriber=subscriber)
+    return render_template("public/unsubscribe.html", subscriber=subscriber,
+                           preferences_url=tokens.preferences_url(subscriber))
 
 
 # --- preferences ------------------------------------------------------------------------------
