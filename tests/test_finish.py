@@ -427,3 +427,35 @@ def test_after_unsubscribing_the_settings_offer_to_subscribe_again_not_to_save(a
     page = _sv(client, preferences).get_data(as_text=True)
     assert "Prenumerera igen" in page and ">Spara<" not in page
     assert "/subscribe?email=kvar@example.se" in page
+
+
+# --- the admin finds people by name and can send a confirmation again -------------------------------
+
+
+def test_the_admin_searches_by_name_and_resends_a_confirmation(app):
+    from admin_helpers import csrf_token, logged_in
+
+    from newsletter.models import QueuedEmail
+
+    client = logged_in(app, "admin", "chef@example.se")
+    with app.app_context():
+        subscriptions.add_subscriber("a.l@example.se", name="Anna Lindqvist", source="admin")
+        db.session.commit()
+        pending = subscriptions.find_subscriber("a.l@example.se")
+        pending.confirmation_sent_at = None  # long ago
+        db.session.commit()
+        pending_id = pending.id
+    listing = client.get("/admin/subscribers?q=lindq").get_data(as_text=True)
+    assert "a.l@example.se" in listing
+    detail = client.get(f"/admin/subscribers/{pending_id}").get_data(as_text=True)
+    assert "Skicka bekräftelsen igen" in detail
+    response = client.post(f"/admin/subscribers/{pending_id}/resend",
+                           data={"csrf_token": csrf_token(client, f"/admin/subscribers/{pending_id}")})
+    assert response.status_code == 303
+    with app.app_context():
+        rows = db.session.execute(db.select(QueuedEmail).where(QueuedEmail.kind == "confirm")).scalars().all()
+        assert len(rows) == 2  # the first, and the one sent again
+    again = client.post(f"/admin/subscribers/{pending_id}/resend",
+                        data={"csrf_token": csrf_token(client, f"/admin/subscribers/{pending_id}")},
+                        follow_redirects=True)
+    assert "Inget mejl skickades" in again.get_data(as_text=True)  # not twice within minutes

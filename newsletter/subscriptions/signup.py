@@ -136,6 +136,15 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     db.session.flush()
 
 
+def resend_confirmation(subscriber: Subscriber) -> bool:
+    """Send a pending person their confirmation again (an admin's button): False when they are
+    not pending, or had one within CONFIRM_RESEND_MINUTES."""
+    if subscriber.status != "pending" or not _resend_due(subscriber):
+        return False
+    _queue_confirmation(subscriber)
+    return True
+
+
 def subscriber_for_confirm(token: str) -> Subscriber:
     """The subscriber a confirmation token is for, without changing anything (GET is scanner-safe)."""
     data = tokens.read_confirm_token(token)

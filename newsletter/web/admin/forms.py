@@ -135,7 +135,7 @@ class FilterForm(FlaskForm):
     class Meta:
         csrf = False
 
-    q = StringField(_l("Search by address"), validators=[Optional(), Length(max=320)])
+    q = StringField(_l("Search by address or name"), validators=[Optional(), Length(max=320)])
     status = SelectField(_l("State"), validators=[Optional()])
     topic = SelectField(_l("Topic"), validators=[Optional()])
     language = SelectField(_l("Language"), validators=[Optional()])

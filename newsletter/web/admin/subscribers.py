@@ -164,6 +164,21 @@ def subscribers_unsubscribe(subscriber_id: int):
     return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id))
 
 
+@bp.post("/subscribers/<int(max=2147483647):subscriber_id>/resend")
+@role_required("editor")
+def subscribers_resend(subscriber_id: int):
+    """Send a pending person their confirmation email again."""
+    subscriber = db.get_or_404(Subscriber, subscriber_id)
+    if not ButtonForm().validate_on_submit():
+        abort(400)
+    if subscriptions.resend_confirmation(subscriber):
+        audit.record("subscriber_confirmation_resent", _target(subscriber))
+        flash(_("A new confirmation email is on its way."), "success")
+    else:
+        flash(_("No email was sent: they are not pending, or got one a few minutes ago."), "error")
+    return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id), 303)
+
+
 @bp.route("/subscribers/<int(max=2147483647):subscriber_id>/erase", methods=["GET", "POST"])
 @role_required("admin")
 def subscribers_erase(subscriber_id: int):
