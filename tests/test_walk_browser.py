@@ -237,7 +237,8 @@ def test_on_a_phone_the_admins_page_and_the_first_run_page_fit(walk_app, tmp_pat
         try:
             page = browser.new_page(viewport={"width": 375, "height": 800}, locale="sv-SE")
             _log_in(page, base)
-            for label, url in (("admins", base + "/admin/admins"), ("first run", empty_base + "/admin/")):
+            for label, url in (("admins", base + "/admin/admins"), ("privacy", base + "/admin/privacy"),
+                               ("first run", empty_base + "/admin/")):
                 page.goto(url)
                 widths[label] = page.evaluate("document.documentElement.scrollWidth")
                 if label == "first run":
@@ -252,5 +253,6 @@ def test_on_a_phone_the_admins_page_and_the_first_run_page_fit(walk_app, tmp_pat
     with empty.app_context():
         db.session.remove()
         db.engine.dispose()
-    assert widths["admins"] <= 375 and widths["first run"] <= 375 and widths["command"] <= 375, widths
+    assert widths["admins"] <= 375 and widths["privacy"] <= 375, widths
+    assert widths["first run"] <= 375 and widths["command"] <= 375, widths
     assert widths["command text"] <= 0, widths  # nothing of the command is hidden behind a scroll
