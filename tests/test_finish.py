@@ -459,3 +459,22 @@ def test_the_admin_searches_by_name_and_resends_a_confirmation(app):
                         data={"csrf_token": csrf_token(client, f"/admin/subscribers/{pending_id}")},
                         follow_redirects=True)
     assert "Inget mejl skickades" in again.get_data(as_text=True)  # not twice within minutes
+
+
+def test_the_admin_edits_a_subscribers_name_language_and_topics(app):
+    from admin_helpers import csrf_token, logged_in
+
+    client = logged_in(app, "admin", "chef@example.se")
+    with app.app_context():
+        person_id = subscriber("byt@example.se").id
+    page = f"/admin/subscribers/{person_id}"
+    assert "Ändra namn, språk eller ämnen" in client.get(page).get_data(as_text=True)
+    response = client.post(f"{page}/edit", data={"csrf_token": csrf_token(client, page), "name": "Berit Ek",
+                                                 "language": "en", "topics": ["blogg"]})
+    assert response.status_code == 303
+    with app.app_context():
+        person = subscriptions.find_subscriber("byt@example.se")
+        chosen = subscriptions.topic_slugs(person)
+        assert (person.name, person.language, chosen) == ("Berit Ek", "en", ["blogg"])
+        kinds = [(e.kind, e.source) for e in subscriptions.consent_events(person)]
+        assert ("preferences", "admin") in kinds

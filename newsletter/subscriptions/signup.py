@@ -27,6 +27,7 @@ from newsletter.subscriptions.validation import (
     InvalidInput,
     check_language,
     check_topics,
+    clean_name,
     normalise_email,
     validate_signup,
 )
@@ -190,6 +191,13 @@ def update_preferences(subscriber: Subscriber, *, topics, language, source: str 
     subscriber.topics, subscriber.language = chosen, language
     record_event(subscriber, "preferences", source=source, ip=ip, user_agent=user_agent,
                  detail={"topics": [t.slug for t in chosen], "language": language})
+    db.session.flush()
+
+
+def edit_subscriber(subscriber: Subscriber, *, name, topics, language) -> None:
+    """An admin changes someone's name, topics or language (a ledger event with source "admin")."""
+    subscriber.name = clean_name(name)
+    update_preferences(subscriber, topics=topics, language=language, source="admin")
     db.session.flush()
 
 

@@ -102,6 +102,7 @@ AUDIT_ACTIONS = {
     "send.pause": _l("send paused"), "send.resume": _l("send resumed"), "send.cancel": _l("send cancelled"),
     "subscriber_added": _l("subscriber added"),
     "subscriber_confirmation_resent": _l("confirmation sent again"),
+    "subscriber_edited": _l("subscriber edited"),
     "subscriber_erased": _l("subscriber erased"),
     "subscriber_unsubscribed": _l("subscriber unsubscribed"),
     "subscribers_exported": _l("subscribers exported"),

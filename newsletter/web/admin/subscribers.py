@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 from flask import Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 from wtforms import SelectChoice
@@ -36,6 +37,7 @@ from newsletter.web.admin.forms import (
     FilterForm,
     ImportForm,
     SubscriberAddForm,
+    SubscriberEditForm,
 )
 from newsletter.web.admin.labels import subscriber_state, suppression_label
 
@@ -71,9 +73,7 @@ def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
 @bp.get("/subscribers")
 @role_required("editor")
 def subscribers():
-    """The list: search by address, filter by state, topic and language, newest first."""
-    from flask_babel import get_locale
-
+    """The list: search by address or name, filter by state, topic and language, newest first."""
     locale = str(get_locale())
     topics = ensure_topics()
     form, flt = _filter_form(topics, locale)
@@ -88,8 +88,39 @@ def subscribers():
 def subscribers_detail(subscriber_id: int):
     """One subscriber: their data, topics, consent events and deliveries."""
     subscriber = db.get_or_404(Subscriber, subscriber_id)
+    form = _edit_form(SubscriberEditForm(formdata=None, name=subscriber.name, language=subscriber.language,
+                                         topics=subscriptions.topic_slugs(subscriber)))
+    return _detail_page(subscriber, form)
+
+
+def _edit_form(form):
+    form.topics.choices = [SelectChoice(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
+    return form
+
+
+def _detail_page(subscriber: Subscriber, edit_form, status: int = 200):
     return render_template("admin/subscriber.html", subscriber=subscriber, events=consent_events(subscriber),
-                           deliveries=delivery_counts(subscriber), button=ButtonForm())
+                           deliveries=delivery_counts(subscriber), button=ButtonForm(),
+                           edit_form=edit_form), status
+
+
+@bp.post("/subscribers/<int(max=2147483647):subscriber_id>/edit")
+@role_required("editor")
+def subscribers_edit(subscriber_id: int):
+    """Change someone's name, language and topics (recorded in the consent ledger as the admin's)."""
+    subscriber = db.get_or_404(Subscriber, subscriber_id)
+    form = _edit_form(SubscriberEditForm())
+    if form.validate_on_submit():
+        try:
+            subscriptions.edit_subscriber(subscriber, name=form.name.data or "",
+                                          topics=form.topics.data or [], language=form.language.data)
+        except subscriptions.InvalidInput:
+            form.name.errors = [*form.name.errors, _("The name is too long or contains a line break.")]
+        else:
+            audit.record("subscriber_edited", _target(subscriber))
+            flash(_("The changes are saved."), "success")
+            return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id), 303)
+    return _detail_page(subscriber, form, 400)
 
 
 def _add_error(form: SubscriberAddForm, exc: subscriptions.InvalidInput) -> None:
