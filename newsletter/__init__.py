@@ -2,8 +2,8 @@
 
 The package itself imports nothing heavy: the send worker (`python -m
 newsletter.engine.worker`, a process of its own for large sends) imports only the
-Flask-free modules it needs (`smtp`, `prepared`, `links`, `ledger`, `sending`),
-so that each sending process costs a fraction of the memory of a Flask app.
+Flask-free modules of `newsletter.engine`, so that each sending process costs a
+fraction of the memory of a Flask app.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ if TYPE_CHECKING:
 
 
 def create_app(overrides: dict | None = None, config_class: type | None = None) -> Flask:
-    """Build the app (see `newsletter.app.create_app`)."""
+    """Build the app (see `newsletter.app.create_app`); imported here only when called."""
     from newsletter.app import create_app as build
 
-    if config_class is None:
-        return build(overrides)
     return build(overrides, config_class)

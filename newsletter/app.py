@@ -17,8 +17,8 @@ from newsletter.i18n import compile_catalogs, select_locale, select_timezone
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def create_app(overrides: dict | None = None, config_class: type = Config) -> Flask:
-    """Build the app: config, extensions, blueprints, CLI."""
+def create_app(overrides: dict | None = None, config_class: type | None = None) -> Flask:
+    """Build the app: config (`Config` unless another class is given), extensions, blueprints, CLI."""
     app = Flask(
         "newsletter",  # the package: its static/ folder, its name in logs
         template_folder=str(PROJECT_ROOT / "templates"),
@@ -27,7 +27,7 @@ def create_app(overrides: dict | None = None, config_class: type = Config) -> Fl
         or os.environ.get("INSTANCE_PATH")
         or str(PROJECT_ROOT / "instance"),
     )
-    app.config.from_object(config_class)
+    app.config.from_object(config_class or Config)
     if overrides:
         app.config.update(overrides)
     _instance_defaults(app)

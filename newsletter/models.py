@@ -110,7 +110,8 @@ class ConsentEvent(db.Model):
     """The consent ledger: one row per thing that happened to someone's consent."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # SET NULL so that an erasure can keep an anonymous trace (email_hash) that it happened.
+    # SET NULL so that an erasure (and the retention purge) can keep an anonymous trace that it
+    # happened: kind, source and time, with subscriber_id and email_hash emptied.
     subscriber_id: Mapped[int | None] = mapped_column(
         ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
     )

@@ -1,4 +1,5 @@
-"""Helpers for the digest scheduler, concurrency, browser and archive tests."""
+"""Helpers of the digest tests: the fixture feeds, a frozen "now", subscribers, the scheduler run
+at a given time, and the real `flask` command line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,8 +18,10 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from newsletter import scheduler
+from newsletter.digests import feeds
 from newsletter.extensions import db
-from newsletter.models import Digest
+from newsletter.models import Article, Digest, Subscriber
+from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -133,3 +136,39 @@ class CliProcess:
         for reader in self._readers:
             reader.join(10)
         return code
+
+
+# Monday of ISO week 48, 07:00 in Stockholm: the default DIGEST_SCHEDULE fires then.
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+
+# The fixture feeds hold 8 items: one guid is repeated and one item is older than a week.
+CURRENT_TITLES = {
+    "Nytt bibliotek i Ålidhem öppnar i vår (uppdaterad)",
+    "Pressmeddelande: 12 miljoner till upprustning av lekplatser",
+    "Öppet möte om kollektivtrafiken",
+    "Krönika: Därför behöver vi fler mötesplatser 🏠",
+    "Tankar efter en vecka i Stockholm",
+    "Ideella krafter gör skillnad",
+}
+OLD_TITLE = "Årsmötet 2026: protokoll och nya styrelsen"
+
+
+def load_fixture_feeds(feed_server, now: datetime = NOW) -> list:
+    """Register both fixture feeds and poll them at `now`."""
+    feeds.add_feed(feed_server.url("/nyheter.rss"))
+    feeds.add_feed(feed_server.url("/blogg.atom"))
+    return feeds.fetch_all_feeds(now)
+
+
+def subscriber(email: str, *, language: str = "sv", topics: tuple[str, ...] = (),
+               status: str = "confirmed") -> Subscriber:
+    ensure_topics()
+    person = Subscriber(email=email, language=language, status=status,
+                        topics=topics_by_slugs(topics) if topics else [])
+    db.session.add(person)
+    db.session.commit()
+    return person
+
+
+def all_articles() -> list[Article]:
+    return list(db.session.execute(db.select(Article).order_by(Article.id)).scalars())

@@ -16,9 +16,9 @@ import re
 import time
 
 import pytest
+from admin_helpers import PASSWORD, make_admin
 from browser_helpers import ARTIFACTS, CHROMIUM, serve, write_subscribers_csv
 from conftest import FIXTURES, free_port
-from content_helpers import PASSWORD, make_admin
 from sqlalchemy import func, select
 
 from config import TestConfig

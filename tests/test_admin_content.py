@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from content_helpers import XSS, add_article, add_subscribers, csrf, injected, log_in
+from admin_helpers import XSS, add_article, add_subscribers, csrf_token, injected, log_in
 from sqlalchemy import func, select
 
 from newsletter import delivery, digests, scheduler
@@ -129,7 +129,7 @@ def test_article_list_shows_the_coming_digest_first_then_hidden_then_earlier(app
 
 def test_add_article_by_hand_and_bad_url_is_refused(app, client):
     log_in(client, app)
-    token = csrf(client, "/admin/articles/new")
+    token = csrf_token(client, "/admin/articles/new")
     form = {"csrf_token": token, "title": "Öppet hus på fritidsgården", "url": "https://norrsken.example/oppet-hus",
             "summary": "Välkommen!", "topic": "blogg", "author": "Anna", "published": "2026-11-20T10:30"}
     response = client.post("/admin/articles/new", data=form)
@@ -153,7 +153,7 @@ def test_edit_article_changes_it_and_is_audited(app, client):
     html = _page(client, "/admin/articles/1")
     assert 'value="Stavfel i rubriken"' in html
     response = client.post("/admin/articles/1", data={
-        "csrf_token": csrf(client), "title": "Rättad rubrik", "url": "https://norrsken.example/rattad",
+        "csrf_token": csrf_token(client), "title": "Rättad rubrik", "url": "https://norrsken.example/rattad",
         "summary": "Ny sammanfattning", "topic": "pressmeddelanden", "author": "", "published": "",
         "image_url": "", "image_alt": ""})
     assert response.status_code == 302
@@ -170,20 +170,21 @@ def test_hide_and_unhide_take_an_article_out_of_the_coming_digest_and_its_draft(
     with app.app_context():
         add_article("Stannar kvar")
         add_article("Ska bort")
-    client.post("/admin/digest/intro", data={"csrf_token": csrf(client), "intro": "Hej!"})  # a saved draft
-    response = client.post("/admin/articles/2/hide", data={"csrf_token": csrf(client)})
+    # a saved draft
+    client.post("/admin/digest/intro", data={"csrf_token": csrf_token(client), "intro": "Hej!"})
+    response = client.post("/admin/articles/2/hide", data={"csrf_token": csrf_token(client)})
     assert response.status_code == 303
     with app.app_context():
         draft = digests.current_draft()
         assert [a.title for a in draft.articles] == ["Stannar kvar"]
         assert [a.title for a in digests.coming_digest().articles] == ["Stannar kvar"]
     assert "Ska bort" not in _page(client, "/admin/digest/preview/sv.html")
-    client.post("/admin/articles/2/unhide", data={"csrf_token": csrf(client)})
+    client.post("/admin/articles/2/unhide", data={"csrf_token": csrf_token(client)})
     with app.app_context():
         assert {a.title for a in digests.current_draft().articles} == {"Stannar kvar", "Ska bort"}
     assert _audit_actions(app)[-2:] == ["article.hide", "article.unhide"]
     _sent_digest(app)  # once sent, an article stays as it was in that digest
-    client.post("/admin/articles/1/hide", data={"csrf_token": csrf(client)})
+    client.post("/admin/articles/1/hide", data={"csrf_token": csrf_token(client)})
     with app.app_context():
         assert db.session.get(Article, 1).hidden is False
 
@@ -196,7 +197,7 @@ def test_hide_and_unhide_take_an_article_out_of_the_coming_digest_and_its_draft(
 def test_feeds_page_fetches_now_and_shows_errors(app, client, feed_server):
     log_in(client, app)
     feed_server.files["/trasig.rss"] = 500
-    token = csrf(client, "/admin/feeds")
+    token = csrf_token(client, "/admin/feeds")
     for path in ("/nyheter.rss", "/trasig.rss"):
         response = client.post("/admin/feeds", data={"csrf_token": token, "url": feed_server.url(path),
                                                      "topic": ""})
@@ -245,7 +246,8 @@ def test_digest_page_when_nothing_is_new(app, client):
     html = _page(client, "/admin/digest?lang=en")
     assert "nothing new" in html and "<iframe" not in html
     assert client.get("/admin/digest/preview/sv.txt").status_code == 404
-    response = client.post("/admin/digest/send", data={"csrf_token": csrf(client)}, follow_redirects=True)
+    response = client.post("/admin/digest/send", data={"csrf_token": csrf_token(client)},
+                           follow_redirects=True)
     assert "nothing was sent" in response.get_data(as_text=True) or "inget skickades" in response.get_data(
         as_text=True)
 
@@ -255,7 +257,7 @@ def test_editors_intro_goes_on_top_of_the_digest(app, client):
     with app.app_context():
         add_article("Nytt bibliotek öppnar")
     response = client.post("/admin/digest/intro", data={
-        "csrf_token": csrf(client), "intro": "Hej alla läsare!\r\n\r\nEn <b>fin</b> vecka."})
+        "csrf_token": csrf_token(client), "intro": "Hej alla läsare!\r\n\r\nEn <b>fin</b> vecka."})
     assert response.status_code == 303
     with app.app_context():
         draft = digests.current_draft()
@@ -280,7 +282,7 @@ def test_send_a_test_to_me_goes_to_the_logged_in_admin_only(smtp_app, smtp_serve
     with smtp_app.app_context():
         add_article("Nytt bibliotek öppnar")
         add_subscribers(3)
-    response = client.post("/admin/digest/test", data={"csrf_token": csrf(client), "language": "en"})
+    response = client.post("/admin/digest/test", data={"csrf_token": csrf_token(client), "language": "en"})
     assert response.status_code == 303
     messages = smtp_server.messages()
     assert len(messages) == 1 and messages[0]["To"] == "redaktor@norrsken.example"
@@ -306,7 +308,7 @@ def test_send_now_confirms_the_count_then_sends_in_the_background(smtp_app, smtp
     with smtp_app.app_context():
         delivery.wait_for_sends(30)
         assert db.session.get(Digest, digest_id).status == "done"
-    assert sorted(m["To"] for m in _digest_mail(smtp_server)) == [f"person{n}@example.se" for n in range(4)]
+    assert sorted(m["To"] for m in _digest_mail(smtp_server)) == [f"person{n}@example.org" for n in range(4)]
     summary = smtp_server.messages(to="redaktor@norrsken.example")  # admins get a summary of the send
     assert len(summary) == 1 and "4" in summary[0].get_body(("plain",)).get_content()
     progress = client.get(f"/admin/sends/{digest_id}/progress.json").get_json()
@@ -327,7 +329,7 @@ def test_approval_mode_scheduler_compiles_a_draft_and_waits_for_an_editor(make_a
     with app.app_context():
         add_article("Nytt bibliotek öppnar")
         add_subscribers(2)
-    client.post("/admin/digest/intro", data={"csrf_token": csrf(client), "intro": "Redaktörens rader"})
+    client.post("/admin/digest/intro", data={"csrf_token": csrf_token(client), "intro": "Redaktörens rader"})
     digest = scheduler.weekly_job(app, scheduled=utcnow(), now=utcnow())
     with app.app_context():
         draft = digests.current_draft()
@@ -338,7 +340,7 @@ def test_approval_mode_scheduler_compiles_a_draft_and_waits_for_an_editor(make_a
     assert smtp_server.messages() == []  # waits for an approval
     html = _page(client, "/admin/digest?lang=en")
     assert "only when an editor approves" in html and "Approve and send" in html
-    response = client.post("/admin/digest/send", data={"csrf_token": csrf(client)})
+    response = client.post("/admin/digest/send", data={"csrf_token": csrf_token(client)})
     assert response.status_code == 303
     with app.app_context():
         delivery.wait_for_sends(30)
@@ -394,7 +396,7 @@ def test_cancel_stops_a_paused_send(app, client):
         delivery.start_send(digest.id)
         delivery.pause_send(digest.id)
         digest_id = digest.id
-    response = client.post(f"/admin/sends/{digest_id}/cancel", data={"csrf_token": csrf(client)})
+    response = client.post(f"/admin/sends/{digest_id}/cancel", data={"csrf_token": csrf_token(client)})
     assert response.status_code == 303
     with app.app_context():
         assert db.session.get(Digest, digest_id).status == "cancelled"
@@ -413,7 +415,7 @@ def test_pause_resume_and_cancel_are_audited_and_obey_the_state(smtp_app, smtp_s
         digest = digests.prepare_digest()
         delivery.start_send(digest.id)  # pinned and "sending", but no worker runs yet
         digest_id = digest.id
-    token = csrf(client)
+    token = csrf_token(client)
     assert client.post(f"/admin/sends/{digest_id}/pause", data={"csrf_token": token}).status_code == 303
     assert client.get(f"/admin/sends/{digest_id}/progress.json").get_json()["status"] == "paused"
     refused = client.post(f"/admin/sends/{digest_id}/pause", data={"csrf_token": token},

@@ -9,7 +9,7 @@ from datetime import timedelta
 import feedparser
 import pytest
 from conftest import body_text
-from digest_support import NOW, subscriber
+from digest_helpers import NOW, subscriber
 
 from newsletter import delivery, digests
 from newsletter.digests import articles

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import time_machine
 from conftest import body_text
-from digest_helpers import ARTIFACTS, png
-from digest_support import NOW, load_fixture_feeds, subscriber
+from digest_helpers import ARTIFACTS, NOW, load_fixture_feeds, png, subscriber
 from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 

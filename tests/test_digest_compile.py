@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import time_machine
 from conftest import body_text
-from digest_support import CURRENT_TITLES, NOW, OLD_TITLE, load_fixture_feeds, subscriber
+from digest_helpers import CURRENT_TITLES, NOW, OLD_TITLE, load_fixture_feeds, subscriber
 
 from newsletter import delivery, digests
 from newsletter.digests import articles

@@ -11,8 +11,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta
 
-from digest_helpers import CliProcess, cli_env, digest_count
-from digest_support import NOW, subscriber
+from digest_helpers import NOW, CliProcess, cli_env, digest_count, subscriber
 
 from newsletter import delivery, digests
 from newsletter.digests import articles

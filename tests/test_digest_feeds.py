@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from digest_support import CURRENT_TITLES, NOW, OLD_TITLE, all_articles, load_fixture_feeds
+from digest_helpers import CURRENT_TITLES, NOW, OLD_TITLE, all_articles, load_fixture_feeds
 
 from newsletter.digests import feeds
 from newsletter.extensions import db

@@ -14,8 +14,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from digest_helpers import digest_count, run_scheduler_at
-from digest_support import NOW, subscriber
+from digest_helpers import NOW, digest_count, run_scheduler_at, subscriber
 
 from newsletter import scheduler
 from newsletter.digests import articles, feeds

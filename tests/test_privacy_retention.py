@@ -248,3 +248,41 @@ def test_the_admin_privacy_page_shows_the_policy_and_what_the_next_run_removes(a
     assert "<td>1</td>" in policy and "<td>2</td>" not in policy  # the stale address, not the fresh one
     assert "erased: 1" in page
     assert logged_in(app, "editor", "ed@example.org").get("/admin/privacy").status_code == 403
+
+
+def test_signups_go_on_between_the_batches_of_a_purge(app):
+    """Each batch is its own transaction: a signup made while a purge runs is not held up."""
+    from subs_helpers import signup
+
+    with app.app_context():
+        with at(0):
+            people = [person(f"r{i}@example.se") for i in range(2)]
+            for _ in range(6):
+                _send("done", ["sent", "sent"], people)
+    client = app.test_client()
+    signed_up = []
+
+    def sign_up_now(rule, rows):
+        response = signup(client, f"new{len(signed_up)}@example.se")
+        signed_up.append(response.status_code)
+
+    with app.app_context(), at(400):
+        report = retention.purge(batch_size=4, on_batch=sign_up_now)
+    assert report.deliveries == 12 and signed_up == [200, 200, 200]
+    with app.app_context():
+        pending = db.session.execute(select(Subscriber.email).where(Subscriber.status == "pending")).scalars()
+        assert sorted(pending) == ["new0@example.se", "new1@example.se", "new2@example.se"]
+
+
+def test_a_bounce_suppression_is_lifted_by_the_cli_and_audited(app, runner):
+    with app.app_context():
+        person("bounced@example.se", status="bounced")
+    refused = runner.invoke(args=["privacy", "unsuppress", "nobody@example.se"])
+    assert refused.exit_code == 1
+    result = runner.invoke(args=["privacy", "unsuppress", "bounced@example.se"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        assert suppression.suppression_of("bounced@example.se") == "unsubscribed"
+        assert not suppression.blocks_own_signup("bounced@example.se")
+        actions = db.session.execute(text("SELECT action FROM audit_event")).scalars().all()
+        assert "suppression_lifted" in actions

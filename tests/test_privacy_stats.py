@@ -34,6 +34,8 @@ def test_without_stats_clicks_no_link_goes_through_the_redirect(smtp_app, smtp_s
         assert delivery.send_digest(digest_id)["sent"] == 3
     links = _links(smtp_server)
     assert article_url in links
+    # Every digest's footer links to the privacy page, in the reader's language.
+    assert {"http://newsletter.test/privacy?lang=sv", "http://newsletter.test/privacy?lang=en"} <= links
     assert not [link for link in links if "/r/" in link]
     assert not [link for link in links if "pixel" in link or link.endswith((".gif", "/open"))]
 

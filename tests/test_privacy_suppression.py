@@ -11,7 +11,7 @@ from subs_helpers import form_fields, signup, subscriber
 
 from newsletter import subscriptions
 from newsletter.extensions import db
-from newsletter.models import AuditEvent, QueuedEmail, Subscriber, Suppression
+from newsletter.models import AuditEvent, ConsentEvent, QueuedEmail, Subscriber, Suppression
 from newsletter.subscriptions import imports, suppression, tokens
 
 
@@ -31,6 +31,9 @@ def test_an_erasure_leaves_a_keyed_hash_and_nothing_else(app):
         [entry] = db.session.execute(select(Suppression)).scalars()
         assert entry.reason == "erased" and "erik" not in entry.address_hash
         assert entry.address_hash == suppression.address_hash("erik.ek@example.se")
+        # The ledger's trace says an erasure happened, and nothing about whose.
+        [trace] = db.session.execute(select(ConsentEvent)).scalars()
+        assert (trace.kind, trace.subscriber_id, trace.email_hash, trace.ip) == ("erase", None, "", "")
         # A keyed hash: another SECRET_KEY gives another value (a list of addresses cannot be tried).
         app.config["SECRET_KEY"] = "another key"
         assert suppression.address_hash("erik.ek@example.se") != entry.address_hash
@@ -173,3 +176,16 @@ def test_cli_erase_erases_and_suppresses(app, runner):
         assert subscriber("erik@example.se") is None
         assert suppression.suppressed(["erik@example.se", "never.here@example.se"]) == {
             "erik@example.se": "erased", "never.here@example.se": "erased"}
+
+
+def test_an_import_does_not_confirm_a_new_signup_after_an_erasure(app, client, runner, tmp_path):
+    with app.app_context():
+        _erased("back@example.se")
+    signup(client, "back@example.se")  # their own new signup: pending until they confirm
+    path = tmp_path / "list.csv"
+    path.write_text("email\nback@example.se\n", encoding="utf-8")
+    result = runner.invoke(args=["subscribers", "import", str(path), "--confirmed"])
+    assert result.exit_code == 0, result.output
+    assert "suppressed (erased): left pending until the person confirms" in result.output
+    with app.app_context():
+        assert subscriber("back@example.se").status == "pending"

@@ -11,7 +11,6 @@ from newsletter import privacy as retention
 from newsletter import subscriptions
 from newsletter.admins import audit
 from newsletter.cli.subscribers import _operator
-from newsletter.extensions import db
 from newsletter.subscriptions import consent, suppression
 
 group = AppGroup("privacy", help="Retention, proof of consent and the suppression list.")
@@ -51,10 +50,8 @@ def unsuppress_command(email: str) -> None:
         raise click.ClickException(exc.reason) from exc
     lifted = suppression.lift_by_admin(address)
     if lifted is None:
-        db.session.rollback()
         raise click.ClickException("no bounce or complaint suppression on that address (an unsubscribe or "
                                    "erasure is lifted only by the person's own signup)")
-    db.session.commit()
     audit.record("suppression_lifted", "email-hmac:" + suppression.address_hash(address)[:32],
                  actor=_operator(), reason=lifted)
     click.echo(f"lifted ({lifted}): {address} may sign up again and confirm")

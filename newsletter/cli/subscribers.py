@@ -156,7 +156,6 @@ def erase_command(email: str) -> None:
     if subscriber is None:
         # Nothing to delete (never here, or purged already): the request is still honoured for the future.
         suppression.suppress([address], reason="erased", source="cli")
-        db.session.commit()
         audit.record("subscriber_erased", "email-hmac:" + suppression.address_hash(address)[:32],
                      actor=_operator(), found=False)
         click.echo("not on the list; the address is on the suppression list")

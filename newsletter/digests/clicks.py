@@ -52,8 +52,7 @@ def record_click(token: str) -> str | None:
     if article is None:
         return None
     if enabled() and isinstance(digest_id, int) and db.session.get(Digest, digest_id) is not None:
-        _count(digest_id, article_id)
-        db.session.commit()
+        _count(digest_id, article_id)  # committed with the request
     return article.url
 
 

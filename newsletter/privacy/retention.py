@@ -136,7 +136,6 @@ def preview(now: datetime | None = None) -> PurgeReport:
     if condition is not None:
         report.deliveries = db.session.execute(
             select(func.count()).select_from(Delivery).where(condition)).scalar_one()
-    db.session.rollback()
     return report
 
 
@@ -145,7 +144,11 @@ def preview(now: datetime | None = None) -> PurgeReport:
 
 def purge(now: datetime | None = None, *, dry_run: bool = False, batch_size: int | None = None,
           on_batch: Callable[[str, int], None] | None = None) -> PurgeReport:
-    """Apply every retention rule, batch after batch, each batch committed on its own."""
+    """Apply every retention rule, batch after batch, each batch committed on its own.
+
+    The commits are a deliberate boundary: a purge of a million rows as one transaction
+    would hold its locks (on SQLite, the whole database) for its whole length.
+    """
     if dry_run:
         return preview(now)
     policy = current_policy(now)

@@ -44,7 +44,8 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
 
 
 def email_hash(email: str) -> str:
-    """What an erased person leaves in the consent ledger: the SHA-256 of the normalised address."""
+    """The SHA-256 of the normalised address, on each ledger event while the person is on the
+    list (an erasure or the retention purge empties it; the suppression list keeps a keyed hash)."""
     return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 

@@ -14,7 +14,7 @@ from newsletter.models import (
     Subscriber,
 )
 from newsletter.subscriptions import suppression
-from newsletter.subscriptions.consent import check_source, email_hash, ledger_with_wordings
+from newsletter.subscriptions.consent import check_source, ledger_with_wordings
 from newsletter.subscriptions.topics import topic_slugs
 
 
@@ -60,7 +60,9 @@ def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
     """Delete the person and everything about them; the ledger keeps an anonymous 'erase' trace,
     the suppression list the keyed hash of the address (privacy.erase_person also keeps the
     sends' totals: use that)."""
-    hashed, sid = email_hash(subscriber.email), subscriber.id
+    sid = subscriber.id
+    # The keyed hash on the suppression list keeps the address out; the ledger's trace keeps no
+    # hash at all (a plain SHA-256 of an address is found again by hashing a list of addresses).
     suppression.suppress([subscriber.email], reason="erased", source=source)
     # Explicit deletes, not ON DELETE CASCADE: SQLite does not enforce foreign keys by default.
     for statement in (
@@ -70,7 +72,7 @@ def erase_subscriber(subscriber: Subscriber, *, source: str) -> None:
     ):
         db.session.execute(statement.execution_options(synchronize_session=False))
     db.session.delete(subscriber)  # with its topic links (the ORM removes the secondary rows)
-    db.session.add(ConsentEvent(subscriber_id=None, email_hash=hashed, kind="erase",
+    db.session.add(ConsentEvent(subscriber_id=None, email_hash="", kind="erase",
                                 source=check_source(source),
                                 wording_version=current_app.config["CONSENT_VERSION"]))
     db.session.flush()

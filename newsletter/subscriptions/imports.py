@@ -600,12 +600,19 @@ class Writer:
 
     def handle_existing(self, rows: list[Row], existing: dict[str, tuple[int, str]]) -> None:
         to_confirm, events = [], []
+        # Pending after an erasure or an opt-out: only their own confirmation may confirm them.
+        held = suppression.suppressed([r.email for r in rows if existing[r.email][1] == "pending"]
+                                      if self.confirmed else [])
         for row in rows:
             sid, status = existing[row.email]
             if status not in ACTIVE_HERE:
                 self.report.notices.append((row.line, Problem(
                     N_("%(status)s here: not subscribed again by an import"), status=status,
                     local=N_("has left the list here: not subscribed again by an import"))))
+                self.report.suppressed += 1
+            elif row.email in held:
+                self.report.notices.append((row.line, f"suppressed ({held[row.email]}): left pending until "
+                                                      "the person confirms"))
                 self.report.suppressed += 1
             elif status == "pending" and self.status_of(row) == "confirmed":
                 to_confirm.append(sid)

@@ -45,7 +45,6 @@ def privacy():
                 "That address has no bounce or complaint suppression. An unsubscribe or an erasure is "
                 "lifted only by the person's own new signup.")]
         else:
-            db.session.commit()
             audit.record("suppression_lifted", "email-hmac:" + suppression.address_hash(address)[:32],
                          reason=lifted)
             flash(_("The suppression (%(reason)s) is lifted: the person may sign up again and confirm.",

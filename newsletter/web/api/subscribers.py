@@ -12,7 +12,6 @@ from newsletter import privacy, subscriptions
 from newsletter.extensions import client_ip, db
 from newsletter.models import Subscriber
 from newsletter.subscriptions import suppression
-from newsletter.subscriptions.consent import email_hash
 from newsletter.web.api import bp, schemas
 from newsletter.web.api.audit import audit
 from newsletter.web.api.auth import requires_role
@@ -57,9 +56,9 @@ def create_subscriber():
         db.session.rollback()
         raise ApiError(409, "suppressed", f"The address is on the suppression list ({exc.reason}); "
                        "only the person's own signup can bring it back.", "email") from None
-    # Named by the address's hash, never the address: the audit log outlives an erasure.
+    # Named by the address's keyed hash, never the address: the audit log outlives an erasure.
     audit("api.subscriber.signup",
-          "email-sha256:" + email_hash(subscriptions.normalise_email(data["email"]))[:32])
+          "email-hmac:" + suppression.address_hash(subscriptions.normalise_email(data["email"]))[:32])
     return jsonify(status="accepted", message=ACCEPTED_MESSAGE), 202
 
 
