@@ -7,7 +7,7 @@ import re
 
 import pytest
 import time_machine
-from digest_support import NOW, load_fixture_feeds, subscriber
+from digest_helpers import NOW, load_fixture_feeds, subscriber
 
 from newsletter import subscriptions
 from newsletter.engine.clock import utcnow

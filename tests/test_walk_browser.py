@@ -17,11 +17,11 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 import time_machine
+from admin_helpers import PASSWORD, make_admin
 from babel.messages.pofile import read_po
 from browser_helpers import ARTIFACTS, CHROMIUM, serve
 from conftest import free_port
-from content_helpers import PASSWORD, make_admin
-from digest_support import NOW, load_fixture_feeds, subscriber
+from digest_helpers import NOW, load_fixture_feeds, subscriber
 
 from config import TestConfig
 from newsletter import create_app, delivery, subscriptions
