@@ -78,7 +78,8 @@ def test_links_of_an_erased_person_say_the_address_was_erased(app):
     for url in urls:
         page = _sv(client, url)
         text = page.get_data(as_text=True)
-        assert page.status_code == 410, url
+        # The unsubscribe link still answers 200 (its one-click POST must); the others are gone.
+        assert page.status_code == (200 if "/unsubscribe/" in url else 410), url
         assert "har raderats" in text and "ofullständig" not in text, url
 
 

@@ -326,8 +326,8 @@ def unsubscribe(token: str):
                 totals.count_for_latest_send(subscriber.id, "unsubscribes")
             subscriptions.unsubscribe(subscriber, source="email" if one_click else "form", **_request_meta())
         return render_template("public/unsubscribed.html")
-    if subscriber is None:
-        return _token_error(subscriptions.SubscriberErased("no such subscriber"))
+    if subscriber is None:  # erased: the link answers (as its one-click POST must) and says why
+        return render_template("public/token_error.html", reason="erased")
     if subscriber.status == "unsubscribed":
         return render_template("public/unsubscribed.html")
     return render_template("public/unsubscribe.html", subscriber=subscriber,
