@@ -104,8 +104,13 @@ class Config:
     # Celery (BROKER_URL): a batch a dead worker took is delivered again after this (Redis).
     CELERY_VISIBILITY_TIMEOUT: int = _int("CELERY_VISIBILITY_TIMEOUT", 3600)
     CELERY_QUEUE: str = _env("CELERY_QUEUE", "newsletter")  # workers: celery … worker -Q <this>
+    # `digest send` with BROKER_URL: fail when no worker has started the send within this.
+    SEND_PICKUP_SECONDS: float = _float("SEND_PICKUP_SECONDS", 120)
     DKIM_SELECTOR: str = _env("DKIM_SELECTOR")
     DKIM_PRIVATE_KEY: str = _env("DKIM_PRIVATE_KEY")  # PEM text or a path to it
+    # A second signature, ed25519-sha256 (RFC 8463), beside the RSA one: both or neither.
+    DKIM_ED25519_SELECTOR: str = _env("DKIM_ED25519_SELECTOR")
+    DKIM_ED25519_PRIVATE_KEY: str = _env("DKIM_ED25519_PRIVATE_KEY")  # PEM text or a path to it
     BOUNCE_WEBHOOK_SECRET: str = _env("BOUNCE_WEBHOOK_SECRET")
     # --- bounces, complaints and DKIM ---
     DKIM_DOMAIN: str = _env("DKIM_DOMAIN")  # d= of the signature; default: the domain of MAIL_FROM
@@ -117,6 +122,13 @@ class Config:
     SNS_CERT_HOST_PATTERN: str = _env("SNS_CERT_HOST_PATTERN", r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
     SNS_CA_BUNDLE: str = _env("SNS_CA_BUNDLE")  # CA file for fetching those URLs; empty = the system's
     SNS_MAX_AGE_SECONDS: int = _int("SNS_MAX_AGE_SECONDS", 24 * 3600)  # older messages refused; 0 = any
+    # VERP: bulk mail leaves with the envelope sender local+<signed token>@domain of this address,
+    # so a bounce names its send and recipient. Empty: MAIL_FROM's address, as before.
+    BOUNCE_ADDRESS: str = _env("BOUNCE_ADDRESS")
+    # The mailbox bounces, complaints and mailto unsubscribes arrive in: imaps://user:pass@host/INBOX,
+    # imap://…, pop3s://…, pop3://… (user and password URL-encoded). Empty: not polled.
+    BOUNCE_MAILBOX_URL: str = _env("BOUNCE_MAILBOX_URL")
+    BOUNCE_MAILBOX_MINUTES: float = _float("BOUNCE_MAILBOX_MINUTES", 5)  # how often the scheduler reads it
     # Mail that is sent outside the request (confirmations): a thread in-process by default.
     MAIL_QUEUE_THREAD: bool = _bool("MAIL_QUEUE_THREAD", True)
     # The queue worker also wakes this often on its own, to retry what failed earlier.
@@ -140,6 +152,10 @@ class Config:
     ADMIN_LOGIN_RATE_PER_ADDRESS: str = _env("ADMIN_LOGIN_RATE_PER_ADDRESS", "10 per hour")
     ADMIN_SETUP_TOKEN_MAX_AGE: int = _int("ADMIN_SETUP_TOKEN_MAX_AGE", 24 * 3600)  # seconds
     ADMIN_PAGE_SIZE: int = _int("ADMIN_PAGE_SIZE", 50)
+    # The admin list counts exactly up to this many matches; beyond, it shows an estimate.
+    ADMIN_COUNT_EXACT_LIMIT: int = _int("ADMIN_COUNT_EXACT_LIMIT", 10000)
+    # The dashboard's counts and weekly trend (a scan of the list) are reused for this long.
+    ADMIN_STATS_CACHE_SECONDS: float = _float("ADMIN_STATS_CACHE_SECONDS", 60)
     # argon2id cost of admin password hashes (argon2-cffi's defaults: RFC 9106 low-memory).
     ARGON2_TIME_COST: int = _int("ARGON2_TIME_COST", 3)
     ARGON2_MEMORY_COST: int = _int("ARGON2_MEMORY_COST", 65536)  # KiB
@@ -173,6 +189,7 @@ class TestConfig(Config):
     FEED_URLS: list[str] = []
     BROKER_URL = ""
     SEND_PROCESSES = 1  # delivery: tests fork only where they say so
+    ADMIN_STATS_CACHE_SECONDS = 0.0  # every page shows what the test just changed
     SESSION_COOKIE_SECURE = False
     REMEMBER_COOKIE_SECURE = False
     ARGON2_TIME_COST = 1  # fast hashes: the tests log in many times

@@ -112,6 +112,10 @@ def _wire_services(app: Flask) -> None:
 
     with app.app_context():
         tune_engine(db.engine)
+    from newsletter.extensions import AFTER_UPGRADE
+    from newsletter.subscriptions.topics import seed_topics
+
+    app.extensions[AFTER_UPGRADE] = [seed_topics]  # the configured topics: never seeded by a request
     if app.config.get("BROKER_URL"):
         from newsletter import tasks
 

@@ -77,6 +77,9 @@ class MigrationsGroup(click.Group):
             init_migrations(current_app._get_current_object())  # type: ignore[attr-defined]
         from flask_migrate.cli import db as group
 
+        upgrade = group.commands.get("upgrade")
+        if upgrade is not None and not getattr(upgrade, "seeds", False):
+            group.add_command(_then_seed(upgrade))
         return group
 
     def make_context(self, info_name, args, parent=None, **extra):
@@ -87,3 +90,24 @@ class MigrationsGroup(click.Group):
 
     def get_command(self, ctx, name):
         return self._real().get_command(ctx, name)
+
+
+AFTER_UPGRADE = "newsletter.after_upgrade"  # app.extensions: callables run after `db upgrade`
+
+
+def _then_seed(upgrade: click.Command) -> click.Command:
+    """`db upgrade`, then the app's seeding (e.g. the configured topics), unless it only prints SQL."""
+    from flask import current_app
+    from flask.cli import with_appcontext
+
+    @with_appcontext
+    def callback(**params):
+        click.get_current_context().invoke(upgrade.callback, **params)
+        if not params.get("sql"):
+            for seed in current_app.extensions.get(AFTER_UPGRADE, ()):
+                seed()
+
+    command = click.Command(upgrade.name, callback=callback, params=upgrade.params, help=upgrade.help,
+                            short_help=upgrade.short_help)
+    command.seeds = True  # type: ignore[attr-defined]
+    return command

@@ -173,6 +173,12 @@ def register_template_helpers(app: Flask) -> None:
 
         return format_number(value or 0)
 
+    @app.template_filter("format_number")
+    def format_number_filter(value: int) -> str:
+        from flask_babel import format_number
+
+        return format_number(value)
+
     @app.context_processor
     def locale_context():
         from flask_babel import get_locale

@@ -43,6 +43,8 @@ from newsletter.admins import audit
 from newsletter.digests import feeds
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
+from newsletter.inbound import poll
+from newsletter.inbound.mailbox import MailboxError
 from newsletter.mail import outbox
 from newsletter.models import Digest, SchedulerLock
 
@@ -186,10 +188,21 @@ def poll_feeds_job(app: Flask) -> None:
                  sum(r.added for r in results), sum(not r.ok for r in results))
 
 
+def bounce_mailbox_job(app: Flask) -> None:
+    """Record the bounces, complaints and unsubscribes in BOUNCE_MAILBOX_URL."""
+    with app.app_context():
+        try:
+            poll.poll_mailbox()
+        except MailboxError as exc:  # the server is down or refused us: next time
+            log.warning("bounce mailbox not read: %s", exc)
+
+
 def housekeeping_job(app: Flask) -> None:
     """Flush the single-mail queue; finish interrupted sends and send approved digests."""
     with app.app_context():
         outbox.flush()
+        if delivery.workers_send():
+            return  # the Celery workers own every send: a worker that starts resumes unfinished ones
         with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
@@ -219,6 +232,10 @@ def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
         scheduler.add_job(poll_feeds_job, IntervalTrigger(minutes=app.config["FEED_POLL_MINUTES"]),
                           args=[app], id="poll-feeds", name="poll feeds", coalesce=True, max_instances=1,
                           misfire_grace_time=None, replace_existing=True)
+    if app.config["BOUNCE_MAILBOX_URL"] and app.config["BOUNCE_MAILBOX_MINUTES"] > 0:
+        scheduler.add_job(bounce_mailbox_job, IntervalTrigger(minutes=app.config["BOUNCE_MAILBOX_MINUTES"]),
+                          args=[app], id="bounce-mailbox", name="read the bounce mailbox", coalesce=True,
+                          max_instances=1, misfire_grace_time=None, replace_existing=True)
     scheduler.add_job(housekeeping_job, IntervalTrigger(seconds=HOUSEKEEPING_SECONDS), args=[app],
                       id="housekeeping", name="housekeeping", coalesce=True, max_instances=1,
                       misfire_grace_time=None, replace_existing=True)

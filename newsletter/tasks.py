@@ -40,6 +40,8 @@ def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "new
     global _configured_for
     with _lock:
         if _configured_for != f"{broker_url} {queue}":
+            if _configured_for is not None:
+                _forget_connections()
             celery.conf.update(
                 broker_url=broker_url,
                 result_backend=None,
@@ -55,6 +57,16 @@ def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "new
             )
             _configured_for = f"{broker_url} {queue}"
     return celery
+
+
+def _forget_connections() -> None:
+    """Forget the pooled broker connections and producers: they still go to the broker configured
+    before (Celery's own reset after a fork does the same). Not closed: kombu keeps producer pools
+    per broker URL, and a later switch back to that broker finds them again."""
+    celery._pool = None
+    amqp = celery.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 # A worker (`celery -A newsletter.tasks worker`) reads the broker from the environment.

@@ -40,7 +40,7 @@ elif os.environ.get("CI"):
 # Files whose every test is slow: they start processes (send workers, Celery, `kill -9`) or
 # send thousands of messages. `pytest -m "not slow and not browser"` is the fast subset.
 SLOW_FILES = {"test_delivery_kill.py", "test_delivery_celery.py", "test_delivery_faults.py",
-              "test_send_worker.py"}
+              "test_send_worker.py", "test_delivery_brokers.py"}
 
 
 def pytest_collection_modifyitems(items):

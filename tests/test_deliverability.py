@@ -7,6 +7,7 @@ the DNS record a key made by openssl would publish.
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import dkim
 import pytest
-from bounces_helpers import dkim_dns_record, rsa_key
+from bounces_helpers import dkim_dns_record, openssl, rsa_key
 from sqlalchemy import select
 
 from newsletter import delivery, digests, subscriptions
@@ -111,7 +112,9 @@ def check_message(kind: str, raw: bytes, *, mailto: bool) -> str:
         assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
         links = re.findall(r"<([^>]+)>", str(message["List-Unsubscribe"]))
         assert links[0].startswith(f"{PUBLIC_URL}/unsubscribe/"), links
-        assert links[1:] == ([f"mailto:{MAILTO}?subject=unsubscribe"] if mailto else [])
+        # The mailto's subject ends with the reader's unsubscribe token: the bounce mailbox reads it.
+        token = links[0].rsplit("/", 1)[1]
+        assert links[1:] == ([f"mailto:{MAILTO}?subject=unsubscribe%20{token}"] if mailto else [])
         for name in ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"):
             assert len(message.get_all(name)) == 1, (kind, name)
     else:  # transactional mail is not a list message
@@ -200,3 +203,64 @@ def test_dkim_key_as_pem_text_and_bad_settings(make_app, dkim_key):
     for bad in ("/nonexistent/dkim.pem", not_a_key):  # the app does not start
         with pytest.raises(ValueError, match="DKIM_PRIVATE_KEY"):
             make_app(DKIM_SELECTOR=SELECTOR, DKIM_PRIVATE_KEY=bad)
+
+
+def test_every_message_type_is_signed_with_rsa_and_ed25519_and_both_verify(make_app, smtp_server, dkim_key,
+                                                                           tmp_path):
+    """RFC 8463 dual signing: an ed25519-sha256 signature beside the rsa-sha256 one, each
+    checked by dkimpy against a record made by openssl (not by the code under test)."""
+    key, record, _ = dkim_key
+    ed_key = tmp_path / "ed25519.pem"
+    openssl("genpkey", "-algorithm", "ed25519", "-out", str(ed_key))
+    raw_public = openssl("pkey", "-in", str(ed_key), "-pubout", "-outform", "DER")[-32:]
+    records = {f"{SELECTOR}._domainkey.{DOMAIN}.".encode(): record,
+               f"ed{SELECTOR}._domainkey.{DOMAIN}.".encode():
+                   b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw_public)}
+    app = make_app(MAIL_URL=smtp_server.url, PUBLIC_URL=PUBLIC_URL, DKIM_SELECTOR=SELECTOR,
+                   DKIM_PRIVATE_KEY=str(key), DKIM_ED25519_SELECTOR=f"ed{SELECTOR}",
+                   DKIM_ED25519_PRIVATE_KEY=ed_key.read_text())
+    received = send_every_kind(app, smtp_server)
+    assert set(received) == {"confirm", "welcome", "preferences_link", "digest"}
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        return records.get(name)
+
+    for kind, raw in received.items():
+        check_message(kind, raw, mailto=False)
+        verifier = dkim.DKIM(raw)
+        signatures = message_from_bytes(raw, policy=policy.compat32).get_all("DKIM-Signature")
+        algorithms = [re.search(r"a=([\w-]+)", s).group(1) for s in signatures]
+        assert algorithms == ["ed25519-sha256", "rsa-sha256"], kind
+        for index in range(2):
+            assert verifier.verify(idx=index, dnsfunc=dnsfunc), (kind, index)
+        forged = raw.replace(b"Subject: ", b"Subject: FW: ", 1)
+        assert not any(dkim.DKIM(forged).verify(idx=i, dnsfunc=dnsfunc) for i in range(2))
+
+
+@pytest.mark.parametrize("alphabet", [b"ab \t\r\n", b"ab \r\n", b"a   \r\n\n", b"=20 \r\n"])
+def test_the_signers_relaxed_body_is_dkimpys(alphabet):
+    """The signer canonicalises the body without regular expressions when it can: the same bytes."""
+    import random
+
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    from newsletter.engine.dkim import relaxed_body
+
+    relaxed = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    rng = random.Random(alphabet)
+    for _ in range(3000):
+        body = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert relaxed_body(body) == relaxed.canonicalize_body(body), body
+
+
+def test_the_mailto_subject_ends_with_the_readers_token(app):
+    values = {"to": "lasare@example.se", "unsubscribe_url": f"{PUBLIC_URL}/unsubscribe/TOKEN",
+              "unsubscribe_token": "TOKEN", "preferences_url": f"{PUBLIC_URL}/preferences/P"}
+    with app.app_context():
+        for configured, tail in ((MAILTO, "?subject=unsubscribe%20TOKEN"),
+                                 (f"mailto:{MAILTO}?subject=stop", "?subject=stop%20TOKEN"),
+                                 (f"mailto:{MAILTO}?body=hej", "?body=hej&subject=unsubscribe%20TOKEN")):
+            app.config["UNSUBSCRIBE_MAILTO"] = configured
+            prepared = mail.prepare_message(subject="Hej", text="Hej", html="<p>Hej</p>", bulk=True)
+            header = message_from_bytes(prepared.render(values), policy=policy.default)["List-Unsubscribe"]
+            assert str(header) == f"<{PUBLIC_URL}/unsubscribe/TOKEN>, <mailto:{MAILTO}{tail}>"

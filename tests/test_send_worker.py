@@ -76,6 +76,10 @@ def test_a_worker_leaves_a_variant_it_was_not_given_to_the_app_process(make_app,
     assert len(counts) == 30 and max(counts.values()) == 1
 
 
+# Enough that the worker starts before the first process has signed them all (about 1 ms each).
+DKIM_N = 1000
+
+
 def test_a_send_worker_dkim_signs_its_messages(make_app, smtp_server, tmp_path):
     import dkim
     from bounces_helpers import dkim_dns_record, rsa_key
@@ -87,16 +91,16 @@ def test_a_send_worker_dkim_signs_its_messages(make_app, smtp_server, tmp_path):
     domain = app.config["MAIL_FROM"].rpartition("@")[2].rstrip(">")
     handler = fault_server(smtp_server)
     with app.app_context():
-        digest_id = seed(120)
-        assert delivery.send_digest(digest_id, processes=2)["sent"] == 120
-    assert len(_message_id_salts(handler)) == 2
+        digest_id = seed(DKIM_N)
+        assert delivery.send_digest(digest_id, processes=2)["sent"] == DKIM_N
+    assert len(_message_id_salts(handler)) == 2  # both processes sent and signed
     with handler.lock:
         contents = [content for _, _, content in handler.messages]
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
         return record if name == f"nl2026._domainkey.{domain}.".encode() else None
 
-    assert len(contents) == 120 and all(dkim.verify(content, dnsfunc=dnsfunc) for content in contents)
+    assert len(contents) == DKIM_N and all(dkim.verify(content, dnsfunc=dnsfunc) for content in contents)
 
 
 def _workers_of(pid: int) -> list[int]:

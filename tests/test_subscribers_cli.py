@@ -190,9 +190,11 @@ def test_export_writes_csv_to_stdout_formula_safe_and_filtered(app, runner):
     confirmed = rows_of(runner.invoke(args=["subscribers", "export", "--status", "confirmed"]).stdout)
     assert [r["email"] for r in confirmed] == ["anna@example.se", "erik@example.se"]
     blog = rows_of(runner.invoke(args=["subscribers", "export", "--topic", "blogg"]).stdout)
-    # Who gets the topic: who chose it, and who chose none (Erik and Gone follow every topic).
+    # Who receives the topic: those who chose it and those who chose none (all topics).
     assert [r["email"] for r in blog] == ["anna@example.se", "erik@example.se", "'-pending@example.se",
                                           "gone@example.se"]
+    news = rows_of(runner.invoke(args=["subscribers", "export", "--topic", "nyheter"]).stdout)
+    assert [r["email"] for r in news] == ["anna@example.se", "erik@example.se", "gone@example.se"]
     unknown = runner.invoke(args=["subscribers", "export", "--topic", "sport"])
     assert unknown.exit_code == 1 and "unknown topic 'sport'" in unknown.stderr
     assert runner.invoke(args=["subscribers", "export", "--status", "happy"]).exit_code == 2

@@ -304,3 +304,63 @@ def test_a_form_post_disguised_as_text_is_still_csrf_checked(embed_app):
     assert response.status_code == 400
     with embed_app.app_context():
         assert nothing_stored()
+
+
+# --- topics: seeded by `db upgrade`, read once per process ------------------------------------
+
+
+def test_db_upgrade_seeds_the_configured_topics(app_config):
+    from config import TestConfig
+    from newsletter import create_app
+    from newsletter.models import Topic
+
+    app = create_app(app_config, config_class=TestConfig)
+    with app.app_context():
+        db.drop_all()  # an empty database, as on a new installation
+        db.session.execute(db.text("DROP TABLE IF EXISTS alembic_version"))
+        db.session.commit()
+    with app.app_context():  # as the `flask` command has it
+        result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        slugs = list(db.session.execute(db.select(Topic.slug).order_by(Topic.position)).scalars())
+        assert slugs == [item.partition("=")[0] for item in app.config["TOPICS"]]
+        db.session.execute(db.text("DROP TABLE alembic_version"))
+        db.session.commit()
+        db.engine.dispose()
+
+
+def test_concurrent_first_signups_on_an_empty_database_never_fail(make_app):
+    """Two web processes (apps with their own topic catalogue), eight requests at once, on a
+    database nobody has seeded: every signup is accepted and every topic exists once."""
+    import threading
+
+    from newsletter.models import Subscriber, Topic
+
+    apps = [make_app(SIGNUP_MIN_SECONDS=0, RATELIMIT_ENABLED=False) for _ in range(2)]
+    with apps[0].app_context():
+        assert db.session.execute(db.select(db.func.count()).select_from(Topic)).scalar_one() == 0
+    clients = [app.test_client() for app in apps]
+    starts = [clients[n % 2].get("/subscribe/start").get_json()["started"] for n in range(8)]
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def sign_up(n: int) -> None:
+        barrier.wait()
+        body = {"email": f"first{n}@example.se", "topics": ["blogg", "nyheter"], "language": "sv",
+                "started": starts[n]}
+        response = clients[n % 2].post("/subscribe", json=body, headers={"Accept": "application/json"})
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * 8
+    with apps[0].app_context():
+        slugs = list(db.session.execute(db.select(Topic.slug)).scalars())
+        assert sorted(slugs) == sorted(item.partition("=")[0] for item in apps[0].config["TOPICS"])
+        people = list(db.session.execute(db.select(Subscriber)).scalars())
+        assert len(people) == 8
+        assert all(sorted(t.slug for t in p.topics) == ["blogg", "nyheter"] for p in people)

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
-    from newsletter.cli import admin, articles, digest, feeds, privacy, scheduler, subscribers
+    from newsletter.cli import admin, articles, bounces, digest, feeds, privacy, scheduler, subscribers
 
-    for module in (subscribers, feeds, articles, digest, scheduler, admin, privacy):
+    for module in (subscribers, feeds, articles, digest, scheduler, admin, privacy, bounces):
         app.cli.add_command(module.group)

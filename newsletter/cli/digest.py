@@ -59,8 +59,38 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
     if digest is None:
         click.echo("nothing new: no digest compiled")
         return
-    counts = delivery.send_progress(digest.id)
-    click.echo(f"digest {digest.id} ({digest.status}): {digest.subject_sv}\n  {_counts(counts)}")
+    if delivery.workers_send():  # handed to the Celery workers: follow it in the ledger
+        counts = _follow_workers(digest.id)
+    else:
+        counts = delivery.send_progress(digest.id)
+    click.echo(f"digest {digest.id} ({counts['status']}): {digest.subject_sv}\n  {_counts(counts)}")
+
+
+def _follow_workers(digest_id: int) -> dict:
+    """Progress on stderr until the workers are done; exit 1 when none picks the send up."""
+    seconds = current_app.config["SEND_PICKUP_SECONDS"]
+    tty = sys.stderr.isatty()
+    shown = [""]
+
+    def report(progress: dict) -> None:
+        line = (f"digest {digest_id}: waiting for a worker" if progress["started_at"] is None
+                else f"digest {digest_id} ({progress['status']}): {_counts(progress)}")
+        if line != shown[0]:
+            click.echo(("\r\033[K" if tty else "") + line, err=True, nl=not tty)
+            shown[0] = line
+
+    try:
+        progress = delivery.wait_for_workers(digest_id, report, pickup_seconds=seconds)
+    except delivery.NotPickedUp:
+        queue = current_app.config["CELERY_QUEUE"]
+        raise click.ClickException(
+            f"no worker started the send of digest {digest_id} within {seconds:g} s (SEND_PICKUP_SECONDS): "
+            f"is a worker running (celery -A newsletter.tasks worker -Q {queue})? The send stays "
+            "queued: a worker that starts sends it.") from None
+    finally:
+        if tty:
+            click.echo("", err=True)
+    return progress
 
 
 def _dry_run() -> None:

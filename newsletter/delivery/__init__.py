@@ -35,9 +35,12 @@ from newsletter.delivery.recovery import (
     resume_interrupted,
 )
 from newsletter.delivery.runs import (
+    NotPickedUp,
     finish_interrupted_sends,
     plan_send,
     send_now,
+    wait_for_workers,
+    workers_send,
 )
 from newsletter.delivery.sample import (
     send_test,
@@ -55,6 +58,7 @@ from newsletter.delivery.workers import (
 
 __all__ = [
     "InvalidPayload",
+    "NotPickedUp",
     "app_ledger",
     "cancel_send",
     "finish_interrupted_sends",
@@ -81,5 +85,7 @@ __all__ = [
     "start_send",
     "stop_all_sends",
     "wait_for_sends",
+    "wait_for_workers",
     "worker_jobs",
+    "workers_send",
 ]

@@ -35,6 +35,7 @@ def launch_send(digest_id: int) -> None:
     BROKER_URL is set, else a thread of this process (one per digest at a time)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app.config.get("BROKER_URL"):
+        db.session.commit()  # a worker elsewhere reads the digest: what this process wrote first
         app.extensions["newsletter.launch_task"](digest_id)  # Celery, wired by the app factory
         return
     key = (id(app), digest_id)

@@ -49,16 +49,20 @@ class BounceReport:
     kind: str = "bounce"
     permanent: bool = True
     detail: dict = field(default_factory=dict)
+    digest_id: int | None = None  # the send it is about, when known (a VERP address says)
 
 
 def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, source: str = "webhook",
-                  detail: dict | None = None, commit: bool = True) -> Subscriber | None:
+                  detail: dict | None = None, digest_id: int | None = None,
+                  commit: bool = True) -> Subscriber | None:
     """Record a bounce or complaint for `email`; the subscriber, or None if the address is unknown.
 
     Complaint, or permanent bounce: the subscriber is marked complained / bounced (and so left
     out of every later send), with a consent event. Soft bounce: only the event. Reporting the
     same thing twice (providers retry) changes nothing and adds no second event.
-    `commit=False` leaves the commit to the caller (e.g. a send batch, or `record_reports`).
+    `digest_id`, when the report names its send, picks that send's delivery row rather than
+    the subscriber's latest. `commit=False` leaves the commit to the caller (e.g. a send
+    batch, or `record_reports`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -73,15 +77,17 @@ def record_bounce(email: str, *, kind: str = "bounce", permanent: bool = True, s
     if subscriber is None:
         log.info("%s for an address not on the list", kind)
         return None
-    apply_bounce(subscriber, kind=kind, permanent=permanent, source=source, detail=detail)
+    apply_bounce(subscriber, kind=kind, permanent=permanent, source=source, detail=detail,
+                 digest_id=digest_id)
     if commit:
         db.session.commit()
     return subscriber
 
 
 def apply_bounce(subscriber: Subscriber, *, kind: str, permanent: bool, source: str,
-                 detail: dict | None = None) -> None:
-    """The rule itself, for a subscriber already looked up (and locked)."""
+                 detail: dict | None = None, digest_id: int | None = None) -> None:
+    """The rule itself, for a subscriber already looked up (and locked); `digest_id` names
+    the send a reported bounce is about, when known."""
     previous = subscriber.status
     detail = {**(detail or {}), "permanent": permanent, "previous_status": previous}
     if not permanent:
@@ -96,7 +102,7 @@ def apply_bounce(subscriber: Subscriber, *, kind: str, permanent: bool, source: 
     elif previous == "unsubscribed" and kind == "bounce":
         record_event(subscriber, kind, source=source, detail=detail)  # status kept, fact recorded
     if kind == "bounce" and permanent:
-        _bounce_last_delivery(subscriber, detail)
+        _bounce_last_delivery(subscriber, detail, digest_id)
 
 
 def record_send_bounces(digest_id: int) -> int:
@@ -116,13 +122,15 @@ def record_send_bounces(digest_id: int) -> int:
     return len(rows)
 
 
-def _bounce_last_delivery(subscriber: Subscriber, detail: dict) -> None:
+def _bounce_last_delivery(subscriber: Subscriber, detail: dict, digest_id: int | None = None) -> None:
     """A bounce that came back after the message left belongs to the subscriber's latest
-    delivery: it counts as bounced in that send's figures, not as sent. A repeated report
-    finds it bounced already and changes nothing (nor an older send's row)."""
-    latest = db.session.execute(
-        select(Delivery).where(Delivery.subscriber_id == subscriber.id).order_by(Delivery.id.desc()).limit(1)
-    ).scalar_one_or_none()
+    delivery (or that of the send it names): it counts as bounced in that send's figures,
+    not as sent. A repeated report finds it bounced already and changes nothing (nor an
+    older send's row)."""
+    query = select(Delivery).where(Delivery.subscriber_id == subscriber.id)
+    if digest_id:
+        query = query.where(Delivery.digest_id == digest_id)
+    latest = db.session.execute(query.order_by(Delivery.id.desc()).limit(1)).scalar_one_or_none()
     if latest is not None and latest.state == "sent":
         latest.state = "bounced"
         latest.last_reply = str(detail.get("reason") or "bounce reported after delivery")[:500]
@@ -135,7 +143,8 @@ def record_reports(reports: list[BounceReport], *, source: str = "webhook") -> d
         # One order for the row locks, so two concurrent batches cannot deadlock.
         for report in sorted(reports, key=lambda r: r.email.lower()):
             subscriber = record_bounce(report.email, kind=report.kind, permanent=report.permanent,
-                                       source=source, detail=report.detail, commit=False)
+                                       source=source, detail=report.detail, digest_id=report.digest_id,
+                                       commit=False)
             counts["recorded" if subscriber is not None else "unknown"] += 1
         db.session.commit()
     except BaseException:

@@ -79,7 +79,7 @@ from newsletter.engine.sending import (
     process_stop,
 )
 from newsletter.extensions import db
-from newsletter.mail.compose import envelope_sender
+from newsletter.mail.compose import envelope_sender, verp_signer
 from newsletter.mail.personal import personal_links
 from newsletter.mail.transports import transport_from_url
 from newsletter.models import Delivery, Digest, Subscriber
@@ -146,7 +146,7 @@ def app_ledger() -> Ledger:
 def send_job(digest_id: int, settings: SendSettings, connections: int, rate: float,
               id_range: tuple[int, int] | None = None) -> SendJob:
     return SendJob(digest_id=digest_id, settings=settings, connections=connections, sender=envelope_sender(),
-                   links=personal_links(), rate=rate, id_range=id_range)
+                   links=personal_links(), rate=rate, id_range=id_range, verp=verp_signer())
 
 
 def app_sender(app: Flask, job: SendJob, message_for: MessageFactory) -> Sender:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from flask import Flask, current_app
-from sqlalchemy import String, cast, func, select
 
+from newsletter.delivery.audience import variant_counts
 from newsletter.delivery.control import report_outcome
 from newsletter.engine.ledger import (
     Database,
@@ -24,7 +24,6 @@ from newsletter.engine.sending import (
     SendJob,
 )
 from newsletter.extensions import db
-from newsletter.models import Subscriber, subscriber_topics
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +79,8 @@ def hand_out_jobs(app: Flask, sender: Sender, renderer, workers: list[subprocess
 
 
 def _variants_in_use(rule) -> set:
-    """The variants (language, topics shown) of the confirmed subscribers, from one query:
-    each person's followed topics aggregated, then the distinct combinations."""
-    if db.engine.dialect.name == "postgresql":
-        followed = func.string_agg(cast(subscriber_topics.c.topic_id, String), ",")
-    else:
-        followed = func.group_concat(subscriber_topics.c.topic_id)
-    person = (select(Subscriber.language.label("language"), followed.label("topics"))
-              .select_from(Subscriber).outerjoin(subscriber_topics, subscriber_topics.c.subscriber_id
-                                                 == Subscriber.id)
-              .where(Subscriber.status == "confirmed").group_by(Subscriber.id, Subscriber.language)
-              .subquery())
-    combos = db.session.execute(select(person.c.language, person.c.topics).distinct()).all()
-    keys = {rule.variant_for(language, [int(t) for t in (topics or "").split(",") if t])
-            for language, topics in combos}
-    return keys - {None}
+    """The variants (language, topics shown) the confirmed subscribers get, counted in SQL."""
+    return set(variant_counts(rule)) - {None}
 
 
 def wait_for_worker(app: Flask, digest_id: int, worker: subprocess.Popen) -> None:

@@ -77,8 +77,10 @@ class PersonalLinks:
 
     def values(self, recipient) -> dict[str, str]:
         uid = recipient.uid
+        unsubscribe = self.unsubscribe.token(uid)
         return {
             "to": smtp_address(recipient.email)[0],
-            "unsubscribe_url": f"{self.public_url}/unsubscribe/{self.unsubscribe.token(uid)}",
+            "unsubscribe_url": f"{self.public_url}/unsubscribe/{unsubscribe}",
+            "unsubscribe_token": unsubscribe,  # in the subject of List-Unsubscribe's mailto
             "preferences_url": f"{self.public_url}/preferences/{self.preferences.token(uid)}",
         }

@@ -16,13 +16,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import TYPE_CHECKING
 
 from markupsafe import escape
 
+if TYPE_CHECKING:  # the signer (and dkimpy, cryptography) is loaded only when DKIM is configured
+    from newsletter.engine.dkim import DkimSigner
+
 # Per-recipient values. A template gets `slot("unsubscribe_url")` where the link goes.
 # `confirm_url` lets one rendering of the confirmation email serve every pending subscriber.
-SLOT_NAMES = ("to", "message_id", "date", "unsubscribe_url", "preferences_url", "confirm_url",
-              "topics", "first_digest")  # the last two: what a welcome tells its reader
+SLOT_NAMES = ("to", "message_id", "date", "unsubscribe_url", "unsubscribe_token", "preferences_url",
+              "confirm_url", "topics", "first_digest")  # the last two: what a welcome tells its reader
 _SLOT_MARK = "@@nl-slot:{}@@"
 _CRLF = b"\r\n"
 
@@ -38,47 +42,6 @@ def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends (7-bit safe, no SMTP extension needed)."""
     data = text.replace("\r\n", "\n").encode("utf-8")
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).replace(b"\n", _CRLF)
-
-
-# --- DKIM ------------------------------------------------------------------------
-
-# What h= covers, when present in the message: the headers Gmail and Yahoo look at, both list
-# headers, and the MIME headers. Those in DKIM_OVERSIGN are listed once more than they occur,
-# so that nobody can add a second From or List-Unsubscribe without breaking the signature.
-DKIM_HEADERS = (
-    "From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
-    "List-Unsubscribe-Post", "List-Post", "List-Archive", "List-Help", "Precedence", "Auto-Submitted",
-    "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
-)
-DKIM_OVERSIGN = ("From", "Subject", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post")
-
-
-@dataclass(frozen=True)
-class DkimSigner:
-    """Signs finished message bytes (rsa-sha256, relaxed/relaxed) for one domain and selector.
-
-    Plain data (no app context needed), so a prepared message can be rendered and signed
-    in any thread or worker process.
-    """
-
-    selector: str
-    domain: str  # the d= domain (IDN as punycode)
-    private_key: bytes  # PEM, PKCS#1 or PKCS#8
-
-    def sign(self, message: bytes) -> bytes:
-        import dkim  # only when DKIM is configured (dkimpy pulls in dnspython)
-
-        headers_end = message.find(b"\r\n\r\n")
-        present = {line.split(b":", 1)[0].strip().lower()
-                   for line in message[:max(headers_end, 0)].split(b"\r\n")
-                   if line and line[:1] not in b" \t"}
-        include = [name.lower().encode() for name in DKIM_HEADERS if name.lower().encode() in present]
-        include += [name.lower().encode() for name in DKIM_OVERSIGN if name.lower().encode() in present]
-        signature = dkim.DKIM(message, linesep=b"\r\n").sign(
-            self.selector.encode("ascii"), self.domain.encode("ascii"), self.private_key,
-            canonicalize=(b"relaxed", b"relaxed"), include_headers=include,
-        )
-        return signature + message
 
 
 # --- prepared messages --------------------------------------------------------
@@ -190,6 +153,8 @@ def _default_slot_value(name: str, domain: str) -> str:
         return new_message_id(domain)
     if name == "date":
         return _message_date()
+    if name == "unsubscribe_token":  # a message with no personal links (a test send)
+        return ""
     raise KeyError(f"no value for slot {name!r}")
 
 

@@ -26,6 +26,7 @@ from newsletter.engine.links import PersonalLinks
 from newsletter.engine.prepared import PreparedMessage
 from newsletter.engine.ratelimit import TokenBucket
 from newsletter.engine.smtp import MailError, Outgoing, Transport
+from newsletter.engine.verp import VerpSigner
 
 log = logging.getLogger("newsletter.delivery.send")
 
@@ -195,6 +196,7 @@ class SendJob:
     links: PersonalLinks
     rate: float = 0.0  # this sender's share of SEND_RATE
     id_range: tuple[int, int] | None = None  # a Celery batch: only these Delivery ids
+    verp: VerpSigner | None = None  # BOUNCE_ADDRESS: each message's own envelope sender
 
 
 class Sender:
@@ -216,6 +218,7 @@ class Sender:
         self.first_reply = threading.Event()  # the first message of this sender has an outcome
         self.id_range = job.id_range
         self.bucket = TokenBucket(job.rate)
+        self.verp = job.verp.for_send(job.digest_id) if job.verp is not None else None
         # A chunk's results reach the ledger (and the admin's progress) when it is done: with
         # SEND_RATE, a chunk is at most about half a second of a connection's share of it.
         per_connection = job.rate / self.connections
@@ -409,6 +412,7 @@ class Sender:
 
         def outgoing() -> Iterator[Outgoing]:
             nonlocal tried
+            verp = self.verp
             for item in chunk:
                 if self.should_stop() or not self.bucket.take(self.should_stop):
                     return
@@ -416,7 +420,8 @@ class Sender:
                 data = self._encode(transport, item, results)
                 if data is not None:
                     unanswered[item.delivery_id] = item
-                    yield Outgoing(item, item.recipient.email, data)
+                    recipient = item.recipient
+                    yield Outgoing(item, recipient.email, data, verp(recipient.id) if verp else None)
                 if self.halt.is_set():
                     return
 

@@ -52,6 +52,7 @@ class Outgoing(NamedTuple):
     key: object
     recipient: str
     data: bytes  # what the transport's `encode` made of the prepared message
+    sender: str | None = None  # its own envelope sender (VERP), else the stream's
 
 
 Outcomes = Iterator[tuple[Outgoing, "MailError | None"]]  # each message, with None once accepted
@@ -77,7 +78,7 @@ class _OneByOne:
     def send_many(self, sender: str, messages: Iterable[Outgoing], *, lookahead: bool = True) -> Outcomes:
         for message in messages:
             try:
-                self.send(sender, message.recipient, message.data)  # type: ignore[attr-defined]
+                self.send(message.sender or sender, message.recipient, message.data)  # type: ignore[attr-defined]
             except MailError as exc:
                 yield message, exc
             else:
@@ -222,7 +223,7 @@ class SMTPTransport:
     def _envelope(self, sender: str, message: Outgoing) -> bytes:
         address, needs_utf8 = smtp_address(message.recipient)
         extra = " SMTPUTF8" if needs_utf8 else ""
-        return f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{address}>\r\nDATA\r\n".encode()
+        return f"MAIL FROM:<{message.sender or sender}>{extra}\r\nRCPT TO:<{address}>\r\nDATA\r\n".encode()
 
     def _open_envelope(self, sender: str, message: Outgoing, announced: bool) -> MailError | None:
         """MAIL, RCPT and DATA (unless announced already) and their replies: None when the

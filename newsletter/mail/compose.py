@@ -10,9 +10,8 @@ to `SMTPTransport.send_many` (in `smtp`), which pipelines them over one
 connection: one round trip a message.
 
 With DKIM_SELECTOR and DKIM_PRIVATE_KEY set, `render` also DKIM-signs each message
-(dkimpy, after substitution): every message, bulk or single, passes through it.
-dkimpy's RSA is pure Python, about 10 ms a message on one core with a 2048-bit key;
-for large lists at high rates, let the relay sign instead (see the README).
+(`engine.dkim`: dkimpy's canonicalisation, OpenSSL's RSA and Ed25519 through `cryptography`,
+after substitution): every message, bulk or single, passes through it.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ import secrets
 from email.header import Header
 from email.utils import formataddr, parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import css_inline
 from flask import current_app, render_template
@@ -30,13 +31,16 @@ from flask_babel import force_locale
 
 from newsletter.engine.prepared import (
     _CRLF,
-    DkimSigner,
     PreparedMessage,
     _add_body,
 )
 from newsletter.engine.smtp import (
     smtp_address,
 )
+from newsletter.engine.verp import NO_SEND, VerpSigner
+
+if TYPE_CHECKING:
+    from newsletter.engine.dkim import DkimSigner
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +87,22 @@ def unsubscribe_mailto() -> str:
     return f"mailto:{value}" if "?" in value else f"mailto:{value}?subject=unsubscribe"
 
 
-def _load_dkim_key(value: str) -> bytes:
-    """DKIM_PRIVATE_KEY as PEM bytes: PEM text (literal \\n allowed, as in a .env file) or a path."""
+def _load_dkim_key(value: str, setting: str) -> bytes:
+    """A DKIM key setting as PEM bytes: PEM text (literal \\n allowed, as in a .env file) or a path."""
     if "-----BEGIN" in value:
         pem = value.replace("\\n", "\n")
     else:
         try:
             pem = Path(value).expanduser().read_text()
         except OSError as exc:
-            raise ValueError(f"DKIM_PRIVATE_KEY: cannot read {value!r}: {exc}") from exc
+            raise ValueError(f"{setting}: cannot read {value!r}: {exc}") from exc
     data = pem.strip().encode("ascii") + b"\n"
-    import dkim.crypto
+    from newsletter.engine.dkim import load_private_key
 
     try:
-        dkim.crypto.parse_pem_private_key(data)
-    except dkim.crypto.UnparsableKeyError as exc:
-        raise ValueError(f"DKIM_PRIVATE_KEY is not an RSA private key in PEM form: {exc}") from exc
+        load_private_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{setting} is not an RSA or Ed25519 private key in PEM form: {exc}") from exc
     return data
 
 
@@ -112,16 +116,25 @@ def dkim_signer() -> DkimSigner | None:
     key = (config.get("DKIM_PRIVATE_KEY") or "").strip()
     if not selector or not key:
         return None
+    ed_selector = (config.get("DKIM_ED25519_SELECTOR") or "").strip()
+    ed_key = (config.get("DKIM_ED25519_PRIVATE_KEY") or "").strip()
+    if bool(ed_selector) != bool(ed_key):
+        raise ValueError("DKIM_ED25519_SELECTOR and DKIM_ED25519_PRIVATE_KEY go together")
     domain = (config.get("DKIM_DOMAIN") or "").strip() or sender_domain()
     try:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError as exc:
         raise ValueError(f"DKIM domain {domain!r} cannot be encoded") from exc
-    cache_key = hashlib.sha256(f"{selector}\0{domain}\0{key}".encode()).hexdigest()
+    cache_key = hashlib.sha256(f"{selector}\0{domain}\0{key}\0{ed_selector}\0{ed_key}".encode()).hexdigest()
     cache = current_app.extensions.setdefault("newsletter_dkim", {})
     if cache_key not in cache:
+        from newsletter.engine.dkim import DkimSigner
+
         cache.clear()
-        cache[cache_key] = DkimSigner(selector=selector, domain=domain, private_key=_load_dkim_key(key))
+        cache[cache_key] = DkimSigner(
+            selector=selector, domain=domain, private_key=_load_dkim_key(key, "DKIM_PRIVATE_KEY"),
+            ed25519_selector=ed_selector,
+            ed25519_key=_load_dkim_key(ed_key, "DKIM_ED25519_PRIVATE_KEY") if ed_key else b"")
     return cache[cache_key]
 
 
@@ -167,7 +180,19 @@ def prepare_message(
         msg._add(_encode_header("List-Id", list_id()))
         msg._add(b"List-Unsubscribe: <")
         msg._add_slot("unsubscribe_url", "header")
-        msg._add(b">" + (f", <{mailto}>".encode() if (mailto := unsubscribe_mailto()) else b""))
+        msg._add(b">")
+        if mailto := unsubscribe_mailto():
+            # The reader's unsubscribe token ends the subject: a reply to it unsubscribes them
+            # when the bounce mailbox reads it (inbound.poll).
+            query = urlsplit(mailto).query
+            last = query.rsplit("&", 1)[-1].lower()
+            if last.startswith("subject="):
+                tail = "%20"
+            else:
+                tail = ("&" if query else "?") + "subject=unsubscribe%20"
+            msg._add(f", <{mailto}{tail}".encode())
+            msg._add_slot("unsubscribe_token", "header")
+            msg._add(b">")
         msg._add(_CRLF + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         msg._add(b"Precedence: bulk\r\nAuto-Submitted: auto-generated\r\n")
     for name, value in (headers or {}).items():
@@ -218,5 +243,26 @@ def build_email(name: str, to: str, locale: str, *, bulk: bool = False, slots: d
     return prepared.render({"to": smtp_address(to)[0], **(slots or {})})
 
 
-def envelope_sender() -> str:
+def envelope_sender(subscriber_id: int | None = None) -> str:
+    """MAIL FROM: MAIL_FROM's address; with BOUNCE_ADDRESS, the subscriber's own VERP address
+    (a single email to a subscriber, of no send)."""
+    signer = verp_signer()
+    if signer is not None and subscriber_id is not None:
+        return signer.sender(NO_SEND, subscriber_id)
     return smtp_address(sender_address()[1])[0]
+
+
+def verp_signer() -> VerpSigner | None:
+    """The signer of VERP envelope senders when BOUNCE_ADDRESS is set, else None."""
+    config = current_app.config
+    address = (config.get("BOUNCE_ADDRESS") or "").strip()
+    if not address:
+        return None
+    key = (address, config["SECRET_KEY"])
+    signer = _verp_signers.get(key)
+    if signer is None:
+        signer = _verp_signers[key] = VerpSigner(*key)
+    return signer
+
+
+_verp_signers: dict[tuple[str, str], VerpSigner] = {}

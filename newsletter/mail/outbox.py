@@ -151,7 +151,7 @@ def flush(limit: int | None = None) -> int:
                         row.failed_at, row.last_error = utcnow(), "not sent: no longer wanted"
                     else:
                         transport = transport or transport_from_url()
-                        transport.send(envelope_sender(), row.to_addr, message)
+                        transport.send(envelope_sender(row.subscriber_id), row.to_addr, message)
                         row.sent_at = utcnow()
                         sent += 1
                 except MailError as exc:

@@ -14,6 +14,8 @@ from newsletter.subscriptions.data import (
     subscriber_profile,
 )
 from newsletter.subscriptions.export import (
+    export_count,
+    export_lines,
     export_subscribers_csv,
 )
 from newsletter.subscriptions.imports import (
@@ -26,7 +28,6 @@ from newsletter.subscriptions.listing import (
     SubscriberFilter,
     consent_events,
     delivery_counts,
-    receives_topic,
     subscriber_page,
 )
 from newsletter.subscriptions.signup import (
@@ -65,6 +66,8 @@ from newsletter.subscriptions.tokens import (
 )
 from newsletter.subscriptions.topics import (
     ensure_topics,
+    follows_all_topics,
+    follows_topic,
     topic_for_category,
     topic_slugs,
     topics_by_slugs,
@@ -96,9 +99,12 @@ __all__ = [
     "confirm_url",
     "consent_events",
     "delivery_counts",
-    "receives_topic",
     "ensure_topics",
+    "follows_all_topics",
+    "follows_topic",
     "erase_subscriber",
+    "export_count",
+    "export_lines",
     "export_subscribers_csv",
     "find_subscriber",
     "has_forbidden_characters",

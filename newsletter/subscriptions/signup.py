@@ -79,8 +79,9 @@ def _resend_due(subscriber: Subscriber) -> bool:
     return sent is None or utcnow() - sent >= window
 
 
-def _queue_confirmation(subscriber: Subscriber) -> None:
-    subscriber.confirmation_sent_at = utcnow()
+def _queue_confirmation(subscriber: Subscriber, *, new: bool = False) -> None:
+    if not new:  # a new subscriber's row has the time already
+        subscriber.confirmation_sent_at = utcnow()
     mail_queue.enqueue("confirm", to=subscriber.email, subscriber_id=subscriber.id)
 
 
@@ -111,14 +112,17 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
         db.session.rollback()  # the same answer as any other signup; nothing is sent
         return
     subscriber = _locked_by_email(address)
-    if subscriber is None:
+    created = subscriber is None
+    if created:
+        # Its confirmation is queued below: the time goes in with the row (no UPDATE after it).
         subscriber = Subscriber(email=address, name=name, language=language, status="pending",
-                                topics=chosen)
+                                topics=chosen, confirmation_sent_at=utcnow())
         db.session.add(subscriber)
         try:
             db.session.flush()
         except IntegrityError:  # inserted by a concurrent request a moment ago
             db.session.rollback()
+            created = False
             subscriber = _locked_by_email(address)
             if subscriber is None:
                 raise
@@ -132,7 +136,9 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
         subscriber.name = name
     record_event(subscriber, "signup", source=source, ip=ip, user_agent=user_agent,
                  detail={"topics": [t.slug for t in chosen], "language": language})
-    if _resend_due(subscriber):
+    if created:
+        _queue_confirmation(subscriber, new=True)
+    elif _resend_due(subscriber):
         _queue_confirmation(subscriber)
     db.session.flush()
 

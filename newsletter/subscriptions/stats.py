@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -71,6 +72,22 @@ def weekly_trend(now: datetime | None = None, weeks: int = 12) -> list[WeekPoint
         points.append(WeekPoint(end=end, label=str(week), confirmed=values[3 * i], joined=values[3 * i + 1],
                                 left=values[3 * i + 2]))
     return points
+
+
+_CACHE = "newsletter.dashboard_figures"
+
+
+def dashboard_figures(now: datetime | None = None) -> tuple[dict[str, int], list[WeekPoint]]:
+    """`subscriber_counts()` and `weekly_trend()`, computed at most once per
+    ADMIN_STATS_CACHE_SECONDS in a process: both scan the whole list (about half a second at a
+    million subscribers), and the figures of a week-long trend do not need to be fresher."""
+    seconds = current_app.config["ADMIN_STATS_CACHE_SECONDS"]
+    cached = current_app.extensions.get(_CACHE)
+    if seconds > 0 and cached is not None and time.monotonic() < cached[0]:
+        return cached[1]
+    figures = (subscriber_counts(), weekly_trend(now))
+    current_app.extensions[_CACHE] = (time.monotonic() + seconds, figures)
+    return figures
 
 
 def trend_chart(points: list[WeekPoint], width: int = 600, height: int = 200) -> dict:

@@ -10,7 +10,7 @@ from newsletter.i18n import N_, Problem
 from newsletter.models import (
     Topic,
 )
-from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
+from newsletter.subscriptions.topics import topics_by_slugs
 
 MAX_EMAIL_LENGTH = 254
 
@@ -86,8 +86,6 @@ def check_topics(slugs) -> list[Topic]:
         return slugs
     if not all(isinstance(s, str) and not has_forbidden_characters(s) for s in slugs):
         raise InvalidInput("topics", "malformed topic")
-    if slugs:
-        ensure_topics()  # the configured topics exist even before anyone has seen the form
     try:
         return topics_by_slugs(slugs)
     except ValueError as exc:

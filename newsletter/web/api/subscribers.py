@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import re
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify, request, stream_with_context
 from sqlalchemy import select
 
 from newsletter import privacy, subscriptions
@@ -72,7 +71,8 @@ def list_subscribers():
     if "language" in params:
         query = query.where(Subscriber.language == params["language"])
     if "topic" in params:
-        query = query.where(subscriptions.receives_topic(params["topic"]))
+        # Who receives the topic: those who chose it and those who chose none (the list's rule).
+        query = query.where(subscriptions.follows_topic(params["topic"]))
     return page(query, Subscriber.id, params, subscriber_json)
 
 
@@ -81,11 +81,9 @@ def list_subscribers():
 def export_subscribers():
     """Every subscriber as CSV (admin role only): the layout of `flask subscribers export`."""
     params = query_params(schemas.subscriber_list_params()[2:4])  # status, topic
-    stream = io.StringIO()
-    count = subscriptions.export_subscribers_csv(stream, status=params.get("status"),
-                                                 topic=params.get("topic"))
-    audit("api.subscriber.export", "", rows=count, **params)
-    return Response(stream.getvalue(), mimetype="text/csv",
+    filters = {"status": params.get("status"), "topic": params.get("topic")}
+    audit("api.subscriber.export", "", rows=subscriptions.export_count(**filters), **params)
+    return Response(stream_with_context(subscriptions.export_lines(**filters)), mimetype="text/csv",
                     headers={"Content-Disposition": 'attachment; filename="subscribers.csv"'})
 
 

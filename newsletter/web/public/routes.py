@@ -30,7 +30,7 @@ from newsletter.delivery import totals
 from newsletter.extensions import client_ip, csrf, db, limiter
 from newsletter.i18n import LANG_COOKIE, supported
 from newsletter.subscriptions import tokens
-from newsletter.subscriptions.topics import ensure_topics
+from newsletter.subscriptions.topics import cached_topics
 from newsletter.web.public import bp
 from newsletter.web.public.forms import (
     ConfirmForm,
@@ -180,7 +180,7 @@ def _token_error(exc: Exception):
 
 def _subscribe_form(form: SubscribeForm | None = None) -> SubscribeForm:
     form = form or SubscribeForm()
-    form.topics.choices = topic_choices(ensure_topics(), _locale())
+    form.topics.choices = topic_choices(cached_topics(), _locale())
     if form.language.data is None:
         form.language.data = _locale()
     return form
@@ -355,7 +355,7 @@ def preferences(token: str):
     except tokens.TokenError as exc:
         return _token_error(exc)
     form = PreferencesForm()
-    form.topics.choices = topic_choices(ensure_topics(), _locale())
+    form.topics.choices = topic_choices(cached_topics(), _locale())
     if request.method == "GET":
         form.topics.data = subscriptions.topic_slugs(subscriber)
         form.language.data = subscriber.language
