@@ -117,9 +117,9 @@ def _wire_services(app: Flask) -> None:
 
     app.extensions[AFTER_UPGRADE] = [seed_topics]  # the configured topics: never seeded by a request
     if app.config.get("BROKER_URL"):
-        from newsletter import tasks
+        from newsletter.tasks import celery_init_app
 
-        app.extensions["newsletter.launch_task"] = tasks.launch
+        celery_init_app(app)
 
 
 def _template_cache(app: Flask) -> None:

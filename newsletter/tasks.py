@@ -22,17 +22,54 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from flask import Flask, current_app, has_app_context
 
 from config import Config
+from newsletter import delivery
+from newsletter.extensions import db
 
 log = logging.getLogger(__name__)
 
-celery = Celery("newsletter", set_as_current=False)
+
+class FlaskTask(Task):
+    """Each task runs in the app's context and leaves no session behind (Flask's
+    `celery_init_app` pattern): the tasks themselves are plain functions of the domain."""
+
+    def __call__(self, *args, **kwargs):
+        with flask_app().app_context():
+            try:
+                return self.run(*args, **kwargs)
+            finally:
+                db.session.remove()
+
+
+celery = Celery("newsletter", set_as_current=False, task_cls=FlaskTask)
 _flask_app: Flask | None = None
 _configured_for: str | None = None
 _lock = threading.Lock()
+
+
+def _settings(broker_url: str, visibility_timeout: int, queue: str) -> dict:
+    return dict(
+        broker_url=broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,  # a batch is acknowledged when it is done, not when taken
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout},
+        task_default_queue=queue,
+    )
+
+
+# A worker (`celery -A newsletter.tasks worker`) reads its broker from the environment, when
+# Celery first needs its configuration (not when this module is imported).
+celery.add_defaults(lambda: _settings(Config.BROKER_URL, Config.CELERY_VISIBILITY_TIMEOUT,
+                                      Config.CELERY_QUEUE) if Config.BROKER_URL else {})
 
 
 def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "newsletter") -> Celery:
@@ -42,20 +79,15 @@ def configure(broker_url: str, visibility_timeout: int = 3600, queue: str = "new
         if _configured_for != f"{broker_url} {queue}":
             if _configured_for is not None:
                 _forget_connections()
-            celery.conf.update(
-                broker_url=broker_url,
-                result_backend=None,
-                task_ignore_result=True,
-                task_serializer="json",
-                accept_content=["json"],
-                task_acks_late=True,  # a batch is acknowledged when it is done, not when taken
-                task_reject_on_worker_lost=True,
-                worker_prefetch_multiplier=1,
-                broker_connection_retry_on_startup=True,
-                broker_transport_options={"visibility_timeout": visibility_timeout},
-                task_default_queue=queue,
-            )
+            celery.conf.update(_settings(broker_url, visibility_timeout, queue))
             _configured_for = f"{broker_url} {queue}"
+    return celery
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Wire Celery into the app (BROKER_URL set): sends are launched as tasks."""
+    app.extensions["celery"] = celery
+    app.extensions["newsletter.launch_task"] = launch
     return celery
 
 
@@ -67,11 +99,6 @@ def _forget_connections() -> None:
     amqp = celery.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
-
-
-# A worker (`celery -A newsletter.tasks worker`) reads the broker from the environment.
-if Config.BROKER_URL:
-    configure(Config.BROKER_URL, Config.CELERY_VISIBILITY_TIMEOUT, Config.CELERY_QUEUE)
 
 
 def flask_app() -> Flask:
@@ -101,52 +128,33 @@ def _tick() -> None:
 @celery.task(name="newsletter.dispatch_send", acks_late=True)
 def dispatch_send(digest_id: int) -> int:
     """Pin the recipients, then queue a batch task per SEND_BATCH_SIZE open rows."""
-    from newsletter import delivery
-    from newsletter.extensions import db
-
-    app = flask_app()
-    with app.app_context():
-        try:
-            delivery.start_send(digest_id)
-            delivery.recover_stale(digest_id)
-            status = delivery.send_progress(digest_id)["status"]
-            if status != "sending":
-                return 0
-            ranges = delivery.open_ranges(digest_id, app.config["SEND_BATCH_SIZE"])
-            if not ranges:
-                delivery.finish_send(digest_id)
-            for first, last in ranges:
-                send_batch.apply_async((digest_id, first, last), queue=app.config["CELERY_QUEUE"])
-            log.info("digest %s: %d batches queued", digest_id, len(ranges))
-            return len(ranges)
-        finally:
-            db.session.remove()
+    config = current_app.config
+    delivery.start_send(digest_id)
+    delivery.recover_stale(digest_id)
+    if delivery.send_progress(digest_id)["status"] != "sending":
+        return 0
+    ranges = delivery.open_ranges(digest_id, config["SEND_BATCH_SIZE"])
+    if not ranges:
+        delivery.finish_send(digest_id)
+    for first, last in ranges:
+        send_batch.apply_async((digest_id, first, last), queue=config["CELERY_QUEUE"])
+    log.info("digest %s: %d batches queued", digest_id, len(ranges))
+    return len(ranges)
 
 
 @celery.task(name="newsletter.send_batch", acks_late=True)
 def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
     """Send the open rows of the digest with ids in [first_id, last_id] (one connection)."""
-    from newsletter import delivery
-    from newsletter.extensions import db
-
-    app = flask_app()
-    with app.app_context():
-        try:
-            result = delivery.send_batch(digest_id, first_id, last_id)
-        finally:
-            db.session.remove()
+    result = delivery.send_batch(digest_id, first_id, last_id)
     if result.get("retry_after") is not None:  # rows waiting for a retry: come back for them
         send_batch.apply_async((digest_id, first_id, last_id), countdown=max(result["retry_after"], 0.1),
-                               queue=app.config["CELERY_QUEUE"])
+                               queue=current_app.config["CELERY_QUEUE"])
     return result
 
 
 @signals.worker_ready.connect
 def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     """A worker starting finishes what dead senders left: stale claims back, sends dispatched."""
-    from newsletter import delivery
-    from newsletter.extensions import db
-
     # The threads pool acknowledges a finished task only when the worker's event loop wakes
     # up (celery#6941); with late acks and nothing else arriving it would never take the
     # next batch. A timer that ticks keeps the loop awake (harmless for the other pools).
