@@ -51,6 +51,12 @@ class Config:
     DIGEST_MAX_AGE_DAYS: int = _int("DIGEST_MAX_AGE_DAYS", 7)
     DIGEST_REQUIRE_APPROVAL: bool = _bool("DIGEST_REQUIRE_APPROVAL")
     FEED_POLL_MINUTES: int = _int("FEED_POLL_MINUTES", 60)  # 0 = poll only before each digest
+    # `digest send`, `digest preview` and the admin's preview and "send now" poll the feeds first,
+    # for at most this many seconds in all; a feed not reached in time is reported, not waited for.
+    DIGEST_FETCH_SECONDS: int = _int("DIGEST_FETCH_SECONDS", 30)
+    # At most this many articles a section in the email (0: all); the rest are behind an
+    # "N more on the website" link to the digest's archive page, so a busy week is not clipped.
+    DIGEST_SECTION_MAX: int = _int("DIGEST_SECTION_MAX", 8)
     # A weekly run missed (scheduler down) is still made if the scheduler is back within this;
     # later, it is skipped and the articles go into the next week's digest.
     DIGEST_MISFIRE_GRACE_MINUTES: int = _int("DIGEST_MISFIRE_GRACE_MINUTES", 360)
@@ -172,6 +178,15 @@ class Config:
     RETENTION_BATCH_SIZE: int = _int("RETENTION_BATCH_SIZE", 5000)  # rows per purge transaction
     # Count clicks per article through a signed /r/… redirect that carries no reader identifier.
     STATS_CLICKS: bool = _bool("STATS_CLICKS")
+    # --- what the operator sees (newsletter/monitoring) ---
+    LOG_FORMAT: str = _env("LOG_FORMAT", "text")  # "json": one JSON object per line
+    # The dashboard and /readyz call the scheduler stale after this long without a heartbeat.
+    SCHEDULER_STALE_SECONDS: int = _int("SCHEDULER_STALE_SECONDS", 180)
+    # The admins get one email when it has been gone this long, and one when it is back.
+    SCHEDULER_ALERT_MINUTES: int = _int("SCHEDULER_ALERT_MINUTES", 15)
+    READY_DB_DEADLINE_SECONDS: float = _float("READY_DB_DEADLINE_SECONDS", 2.0)
+    READY_MAIL_QUEUE_MAX_AGE: int = _int("READY_MAIL_QUEUE_MAX_AGE", 900)  # seconds
+    METRICS_TOKEN: str = _env("METRICS_TOKEN")  # bearer token of /metrics; empty = no /metrics
 
 
 class TestConfig(Config):

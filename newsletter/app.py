@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -11,6 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Config
+from newsletter.engine import logformat
 from newsletter.extensions import MigrationsGroup, babel, csrf, db, limiter, login
 from newsletter.i18n import compile_catalogs, select_locale, select_timezone
 
@@ -35,8 +35,7 @@ def create_app(overrides: dict | None = None, config_class: type | None = None) 
     from newsletter.mail.compose import check_dkim_settings
 
     check_dkim_settings(app)  # a bad DKIM key stops the start with a clear error
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "text"))
     if os.environ.get("PROXY_FIX"):  # behind a reverse proxy that sets X-Forwarded-*
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
@@ -52,6 +51,7 @@ def create_app(overrides: dict | None = None, config_class: type | None = None) 
     from newsletter import models  # noqa: F401  (registers the tables with the metadata)
     from newsletter.cli import register_cli
     from newsletter.i18n import register_template_helpers
+    from newsletter.web import ops
     from newsletter.web.admin import bp as admin_bp
     from newsletter.web.api import bp as api_bp
     from newsletter.web.errors import register_error_pages
@@ -63,6 +63,7 @@ def create_app(overrides: dict | None = None, config_class: type | None = None) 
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(hooks_bp, url_prefix="/hooks")
+    ops.init_app(app)
     register_template_helpers(app)
     register_cli(app)
     _wire_services(app)

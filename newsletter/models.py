@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -135,6 +136,8 @@ class Feed(db.Model):
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[str] = mapped_column(String(32), default="")
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # A paused feed is not polled (its articles stay); an editor resumes it.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     topic: Mapped[Topic | None] = relationship(lazy="joined")
 
@@ -155,6 +158,10 @@ class Article(db.Model):
     collected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     hidden: Mapped[bool] = mapped_column(Boolean, default=False)  # left out of digests
+    # Put in the coming digest by an editor although it is older than DIGEST_MAX_AGE_DAYS.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The editor's order within its section of the coming digest (None: newest first, after these).
+    digest_rank: Mapped[int | None] = mapped_column(Integer)
     topic: Mapped[Topic | None] = relationship(lazy="joined")
 
 
@@ -182,7 +189,13 @@ class Digest(db.Model):
     period: Mapped[str | None] = mapped_column(String(32), unique=True)
     subject_sv: Mapped[str] = mapped_column(String(300), default="")
     subject_en: Mapped[str] = mapped_column(String(300), default="")
-    intro: Mapped[str] = mapped_column(Text, default="")  # editor's intro, plain text
+    # The editor's intro, plain text, per language: `intro` is the Swedish one. A language
+    # without one gets no intro (never the other language's).
+    intro: Mapped[str] = mapped_column(Text, default="")
+    intro_en: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Bytes of the HTML part of the largest variant in each language, measured when compiled
+    # ({"sv": 41234, "en": 40321}): the admin warns before Gmail would clip it (about 102 KB).
+    html_sizes: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     compiled_for: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -192,6 +205,10 @@ class Digest(db.Model):
     articles: Mapped[list[Article]] = relationship(
         secondary=digest_articles, order_by=digest_articles.c.position, lazy="selectin"
     )
+
+    def intro_for(self, locale: str) -> str:
+        """The editor's intro for readers of this language ("" when there is none)."""
+        return (self.intro_en if locale == "en" else self.intro) or ""
 
 
 DELIVERY_STATES = ("queued", "sending", "sent", "failed", "bounced", "skipped")
@@ -341,3 +358,22 @@ class ArticleClick(db.Model):
     digest_id: Mapped[int] = mapped_column(ForeignKey("digest.id", ondelete="CASCADE"), primary_key=True)
     article_id: Mapped[int] = mapped_column(ForeignKey("article.id", ondelete="CASCADE"), primary_key=True)
     clicks: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SchedulerHeartbeat(db.Model):
+    """One row per scheduler process: when it was last seen, and whether it runs the jobs."""
+
+    instance: Mapped[str] = mapped_column(String(128), primary_key=True)  # "host:pid:random"
+    role: Mapped[str] = mapped_column(String(16), default="active")  # active, standby, stopped
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class SchedulerAction(db.Model):
+    """What the scheduler did last (feeds polled, digest runs, purges): shown on the dashboard."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(String(300), default="")

@@ -27,6 +27,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -47,12 +50,14 @@ from newsletter.inbound import poll
 from newsletter.inbound.mailbox import MailboxError
 from newsletter.mail import outbox
 from newsletter.models import Digest, SchedulerLock
+from newsletter.monitoring import heartbeat
 
 log = logging.getLogger(__name__)
 
 WEEKLY_JOB = "weekly-digest"
 SCHEDULER_LEASE = "scheduler"
 HOUSEKEEPING_SECONDS = 60
+HEARTBEAT_SECONDS = 30  # its own job: a long send in the housekeeping job does not stop it
 RETENTION_JOB = "retention"
 RETENTION_HOUR = 3  # local time: the quiet hours, long before a morning digest
 
@@ -124,6 +129,7 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
         fire = scheduled or last_fire_time(trigger, now) or now
         if now - fire > misfire_grace(app):
             log.warning("digest run of %s missed by more than the grace time: skipped", fire.isoformat())
+            heartbeat.record_action("digest", "skipped", fire.isoformat())
             return None
         period = period_for(trigger, fire)
         if run_made(period):
@@ -143,7 +149,9 @@ def weekly_job(app: Flask, *, scheduled: datetime | None = None,
         elif digest.status != "draft":
             log.info("digest %s of %s: %s, %d recipients", digest.id, period, digest.status,
                      digest.recipient_count)
-        record_run(period, "nothing-new" if digest is None else digest.status, now)
+        outcome = "nothing-new" if digest is None else digest.status
+        record_run(period, outcome, now)
+        heartbeat.record_action("digest", outcome, period if digest is None else f"{period} #{digest.id}")
         if digest is not None:  # loaded again, so callers may read it after the app context ends
             db.session.refresh(digest)
         return digest
@@ -184,8 +192,10 @@ def _never_ran() -> bool:
 def poll_feeds_job(app: Flask) -> None:
     with app.app_context():
         results = feeds.fetch_all_feeds()
-        log.info("feeds polled: %d new articles, %d failed feeds",
-                 sum(r.added for r in results), sum(not r.ok for r in results))
+        added, failed = sum(r.added for r in results), sum(not r.ok for r in results)
+        log.info("feeds polled: %d new articles, %d failed feeds", added, failed)
+        heartbeat.record_action("feeds", "error" if failed else "ok",
+                                f"{len(results)}|{added}|{failed}")  # feeds|new articles|failed
 
 
 def bounce_mailbox_job(app: Flask) -> None:
@@ -206,8 +216,16 @@ def housekeeping_job(app: Flask) -> None:
         with leases.send_lease(wait=False) as held:
             if not held:  # a send is running in another process (or job): it finishes its own
                 return
-            delivery.resume_interrupted()
-            delivery.finish_interrupted_sends()
+            resumed = delivery.resume_interrupted()
+            finished = delivery.finish_interrupted_sends()
+            for digest_id in {*resumed, *finished}:
+                heartbeat.record_action("send", "resumed", f"#{digest_id}")
+
+
+def heartbeat_job(app: Flask, instance: str) -> None:
+    """Tell the dashboard, /readyz and the other processes that this scheduler is alive."""
+    with app.app_context():
+        heartbeat.beat(instance, "active")
 
 
 def retention_job(app: Flask) -> None:
@@ -217,12 +235,17 @@ def retention_job(app: Flask) -> None:
         if report.pending or report.inactive or report.deliveries:
             audit.record("retention_purged", "retention", actor="scheduler", pending=report.pending,
                          inactive=report.inactive, deliveries=report.deliveries)
+        heartbeat.record_action("purge", "ok", f"{report.pending}|{report.inactive}|{report.deliveries}")
 
 
 def build_scheduler(app: Flask, scheduler: BaseScheduler | None = None,
-                    now: datetime | None = None) -> BaseScheduler:
-    """The scheduler with its three jobs (and a catch-up run if a weekly run was missed)."""
+                    now: datetime | None = None, instance: str | None = None) -> BaseScheduler:
+    """The scheduler with its jobs (and a catch-up run if a weekly run was missed)."""
     scheduler = scheduler or BlockingScheduler(timezone=ZoneInfo(app.config["TIMEZONE"]))
+    scheduler.add_job(heartbeat_job, IntervalTrigger(seconds=HEARTBEAT_SECONDS), args=[app, instance or
+                      heartbeat.new_instance()], id="heartbeat", name="heartbeat", coalesce=True,
+                      max_instances=1, misfire_grace_time=None, replace_existing=True,
+                      next_run_time=datetime.now(ZoneInfo(app.config["TIMEZONE"])))
     grace = int(misfire_grace(app).total_seconds())
     # The polling and housekeeping jobs run late rather than not at all (APScheduler's default
     # grace is one second: a busy or suspended process would silently skip them).
@@ -255,8 +278,12 @@ def run(app: Flask) -> None:
     """Run the scheduler in the foreground until stopped. A second one started by mistake waits
     as a standby until the first stops (or dies and its lease runs out)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with app.app_context(), leases.lease(SCHEDULER_LEASE, wait=True, poll=10):
-        scheduler = build_scheduler(app)
+    instance = heartbeat.new_instance()
+    with app.app_context(), ExitStack() as stack:
+        stop_standby = stack.enter_context(_standby_beats(app, instance))
+        stack.enter_context(leases.lease(SCHEDULER_LEASE, wait=True, poll=10))
+        stop_standby()  # the lease is ours: from now on the heartbeat job says "active"
+        scheduler = build_scheduler(app, instance=instance)
         log.info("scheduler started: digest on %r (%s), feeds every %s min, misfire grace %s",
                  app.config["DIGEST_SCHEDULE"], app.config["TIMEZONE"], app.config["FEED_POLL_MINUTES"],
                  misfire_grace(app))
@@ -268,3 +295,32 @@ def run(app: Flask) -> None:
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=True)
+            heartbeat.stopped(instance)
+
+
+@contextmanager
+def _standby_beats(app: Flask, instance: str) -> Iterator[Callable[[], None]]:
+    """While this scheduler waits for the lease, it is seen as a standby (every HEARTBEAT_SECONDS);
+    yields the function that stops that."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with app.app_context():
+                try:
+                    heartbeat.beat(instance, "standby")
+                except Exception:  # noqa: BLE001  (a missed beat is retried)
+                    log.exception("could not record the standby heartbeat")
+            stop.wait(HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, name="standby-heartbeat", daemon=True)
+    thread.start()
+
+    def stop_beats() -> None:
+        stop.set()
+        thread.join()
+
+    try:
+        yield stop_beats
+    finally:
+        stop_beats()

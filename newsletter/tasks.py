@@ -27,6 +27,7 @@ from flask import Flask, current_app, has_app_context
 
 from config import Config
 from newsletter import delivery
+from newsletter.engine import logformat
 from newsletter.extensions import db
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,26 @@ def launch(digest_id: int) -> None:
     dispatch_send.apply_async((digest_id,), queue=config["CELERY_QUEUE"])
 
 
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs) -> None:
+    """A worker logs like every other process (LOG_LEVEL, LOG_FORMAT), not in Celery's own format."""
+    logformat.configure(Config.LOG_LEVEL, Config.LOG_FORMAT)
+
+
+def _check_scheduler() -> None:
+    """A worker notices a scheduler that is gone too (the admins get one email, whoever sends it)."""
+    from newsletter.extensions import db
+    from newsletter.monitoring import alerts
+
+    with flask_app().app_context():
+        try:
+            alerts.check_scheduler()
+        except Exception:  # noqa: BLE001  (the check is retried at the next tick)
+            log.exception("could not check the scheduler's heartbeat")
+        finally:
+            db.session.remove()
+
+
 def _tick() -> None:
     """Nothing: wakes the worker's event loop (see _resume_on_worker_start)."""
 
@@ -128,24 +149,26 @@ def _tick() -> None:
 @celery.task(name="newsletter.dispatch_send", acks_late=True)
 def dispatch_send(digest_id: int) -> int:
     """Pin the recipients, then queue a batch task per SEND_BATCH_SIZE open rows."""
-    config = current_app.config
-    delivery.start_send(digest_id)
-    delivery.recover_stale(digest_id)
-    if delivery.send_progress(digest_id)["status"] != "sending":
-        return 0
-    ranges = delivery.open_ranges(digest_id, config["SEND_BATCH_SIZE"])
-    if not ranges:
-        delivery.finish_send(digest_id)
-    for first, last in ranges:
-        send_batch.apply_async((digest_id, first, last), queue=config["CELERY_QUEUE"])
-    log.info("digest %s: %d batches queued", digest_id, len(ranges))
-    return len(ranges)
+    with logformat.digest_context(digest_id):  # the send's log lines carry its id
+        config = current_app.config
+        delivery.start_send(digest_id)
+        delivery.recover_stale(digest_id)
+        if delivery.send_progress(digest_id)["status"] != "sending":
+            return 0
+        ranges = delivery.open_ranges(digest_id, config["SEND_BATCH_SIZE"])
+        if not ranges:
+            delivery.finish_send(digest_id)
+        for first, last in ranges:
+            send_batch.apply_async((digest_id, first, last), queue=config["CELERY_QUEUE"])
+        log.info("digest %s: %d batches queued", digest_id, len(ranges))
+        return len(ranges)
 
 
 @celery.task(name="newsletter.send_batch", acks_late=True)
 def send_batch(digest_id: int, first_id: int, last_id: int) -> dict:
     """Send the open rows of the digest with ids in [first_id, last_id] (one connection)."""
-    result = delivery.send_batch(digest_id, first_id, last_id)
+    with logformat.digest_context(digest_id):
+        result = delivery.send_batch(digest_id, first_id, last_id)
     if result.get("retry_after") is not None:  # rows waiting for a retry: come back for them
         send_batch.apply_async((digest_id, first_id, last_id), countdown=max(result["retry_after"], 0.1),
                                queue=current_app.config["CELERY_QUEUE"])
@@ -161,6 +184,7 @@ def _resume_on_worker_start(sender=None, **_kwargs) -> None:
     timer = getattr(sender, "timer", None)
     if timer is not None:
         timer.call_repeatedly(0.2, _tick)
+        timer.call_repeatedly(60, _check_scheduler)
 
     app = flask_app()
     with app.app_context():

@@ -138,9 +138,9 @@ def _fetch_feeds(page, base: str, feed_server) -> None:
     for path in ("/nyheter.rss", "/blogg.atom"):
         page.get_by_role("textbox", name="Feed address (RSS or Atom)").fill(feed_server.url(path))
         page.get_by_role("button", name="Add feed").click()
-        page.wait_for_load_state()
+        page.get_by_text(re.compile(r"The feed was added with [1-9]\d* articles\.")).wait_for()
     page.get_by_role("button", name="Fetch all feeds now").click()
-    page.get_by_text(re.compile(r"Fetched: [1-9]\d* new")).wait_for()
+    page.get_by_text(re.compile(r"Fetched: \d+ new")).wait_for()
     assert page.locator("table.feeds tbody tr").count() == 2
     _shot(page, "03-feeds")
 
@@ -163,18 +163,23 @@ def _articles(page, base: str) -> None:
 
 def _digest_preview_and_test(page, base: str, smtp_server) -> None:
     page.goto(f"{base}/admin/digest")
-    page.get_by_role("textbox", name="Editor's intro").fill(
+    page.get_by_role("textbox", name="Intro in Swedish").fill(
         "Hej alla!\n\nVeckans brev kommer från en riktig webbläsare.")
+    page.get_by_role("textbox", name="Intro in English").fill(
+        "Hello all!\n\nThis week's letter comes from a real browser.")
     page.get_by_role("button", name="Save intro").click()
     page.get_by_text("The intro was saved on the draft.").wait_for()
-    frame = page.frame_locator("iframe.preview")
-    frame.get_by_text("Veckans brev kommer från en riktig webbläsare.").wait_for()
+    frame = page.frame_locator("iframe.preview")  # in English, the admin's language
+    frame.get_by_text("This week's letter comes from a real browser.").wait_for()
+    assert frame.get_by_text("Veckans brev kommer från en riktig webbläsare.").count() == 0
     assert frame.locator("a").count() > 3  # the articles' links
     page.get_by_text("Text part", exact=True).click()
-    assert "Hej alla!" in page.locator("details.text-part pre").inner_text()
+    assert "Hello all!" in page.locator("details.text-part pre").inner_text()
     _shot(page, "06-digest")
     page.get_by_role("link", name="Svenska").first.click()  # the preview in Swedish (the page too)
-    page.frame_locator("iframe.preview").locator("html[lang=sv]").wait_for()
+    swedish = page.frame_locator("iframe.preview")
+    swedish.locator("html[lang=sv]").wait_for()
+    swedish.get_by_text("Veckans brev kommer från en riktig webbläsare.").wait_for()
     page.goto(f"{base}/admin/digest?lang=en&preview=sv")
     page.get_by_role("button", name="Send a test to me").click()
     page.get_by_text(f"A test was sent to {ADMIN_EMAIL}.").wait_for()

@@ -196,12 +196,14 @@ def test_hide_and_unhide_take_an_article_out_of_the_coming_digest_and_its_draft(
 
 def test_feeds_page_fetches_now_and_shows_errors(app, client, feed_server):
     log_in(client, app)
-    feed_server.files["/trasig.rss"] = 500
+    feed_server.files["/trasig.rss"] = feed_server.files["/blogg.atom"]
     token = csrf_token(client, "/admin/feeds")
     for path in ("/nyheter.rss", "/trasig.rss"):
         response = client.post("/admin/feeds", data={"csrf_token": token, "url": feed_server.url(path),
                                                      "topic": ""})
         assert response.status_code == 303
+    feed_server.files["/trasig.rss"] = 500  # broken after it was added
+    feed_server.files["/nyheter.rss"] = feed_server.files["/nyheter.rss"].replace(b"?p=2210", b"?p=9999")
     bad = client.post("/admin/feeds", data={"csrf_token": token, "url": "ftp://x", "topic": ""})
     assert bad.status_code == 422
     response = client.post("/admin/feeds/fetch", data={"csrf_token": token}, follow_redirects=True)

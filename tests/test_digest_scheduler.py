@@ -63,8 +63,8 @@ def test_the_jobs_of_the_scheduler(make_app, caplog):
     # A new installation missed nothing: no warning about last Friday's run.
     assert "first start" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     jobs = {job.id: job for job in built.get_jobs()}
-    # nothing missed: no catch-up
-    assert set(jobs) == {"weekly-digest", "poll-feeds", "housekeeping", "retention"}
+    # Nothing missed: no catch-up run.
+    assert set(jobs) == {"weekly-digest", "poll-feeds", "housekeeping", "retention", "heartbeat"}
     weekly = jobs["weekly-digest"]
     assert str(weekly.trigger.timezone) == "Europe/Helsinki"
     fields = {f.name: str(f) for f in weekly.trigger.fields}

@@ -6,7 +6,17 @@ from flask import Flask
 
 
 def register_cli(app: Flask) -> None:
-    from newsletter.cli import admin, articles, bounces, digest, feeds, privacy, scheduler, subscribers
+    from newsletter.cli import (
+        admin,
+        articles,
+        bounces,
+        database,
+        digest,
+        feeds,
+        privacy,
+        scheduler,
+        subscribers,
+    )
 
-    for module in (subscribers, feeds, articles, digest, scheduler, admin, privacy, bounces):
+    for module in (subscribers, feeds, articles, digest, scheduler, admin, privacy, bounces, database):
         app.cli.add_command(module.group)

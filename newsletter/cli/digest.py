@@ -14,14 +14,30 @@ from newsletter.subscriptions import InvalidInput
 
 group = AppGroup("digest", help="The weekly digest.")
 
+NO_FETCH = click.option("--no-fetch", "no_fetch", is_flag=True,
+                        help="Do not poll the feeds first (within DIGEST_FETCH_SECONDS).")
+
+
+def _poll_feeds() -> None:
+    """Poll every feed; the ones that failed are named on stderr (the digest goes on without them)."""
+    results = digests.poll_feeds_first()
+    added = sum(result.added for result in results)
+    failed = [result for result in results if not result.ok]
+    click.echo(f"feeds polled: {len(results)}, {added} new articles, {len(failed)} failed", err=True)
+    for result in failed:
+        click.echo(f"  feed failed: {result.url}: {result.error}", err=True)
+
 
 @group.command("preview")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the HTML here (without --out the text part is printed).")
 @click.option("--lang", default=None, help="sv or en (default: DEFAULT_LOCALE).")
-def preview_command(out: str | None, lang: str | None) -> None:
-    """Render the coming digest without sending or recording anything."""
+@NO_FETCH
+def preview_command(out: str | None, lang: str | None, no_fetch: bool) -> None:
+    """Poll the feeds, then render the coming digest without sending anything."""
     locale = _language(lang)
+    if not no_fetch:
+        _poll_feeds()
     rendered = digests.preview_coming(locale)
     if rendered is None:
         raise click.ClickException("nothing new for a digest (no articles within DIGEST_MAX_AGE_DAYS)")
@@ -38,11 +54,15 @@ def preview_command(out: str | None, lang: str | None) -> None:
               help="Send the coming digest only to this address; nothing is recorded or consumed.")
 @click.option("--dry-run", is_flag=True, help="Show what would be sent and to how many; send nothing.")
 @click.option("--lang", default=None, help="Language of a --test-to message (default: DEFAULT_LOCALE).")
-def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
-    """Finish interrupted sends, then compile and send the digest now; exits when done."""
+@NO_FETCH
+def send_command(test_to: str | None, dry_run: bool, lang: str | None, no_fetch: bool) -> None:
+    """Finish interrupted sends, poll the feeds, then compile and send the digest now; exits
+    when done."""
+    if test_to and dry_run:
+        raise click.UsageError("--test-to and --dry-run do not go together")
+    if (test_to or dry_run) and not no_fetch:
+        _poll_feeds()
     if test_to:
-        if dry_run:
-            raise click.UsageError("--test-to and --dry-run do not go together")
         try:
             sent = delivery.send_test(test_to, locale=_language(lang))
         except InvalidInput as exc:
@@ -55,7 +75,7 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None) -> None:
     if dry_run:
         _dry_run()
         return
-    digest = delivery.send_now()
+    digest = delivery.send_now(poll=None if no_fetch else _poll_feeds)
     if digest is None:
         click.echo("nothing new: no digest compiled")
         return

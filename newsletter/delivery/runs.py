@@ -58,12 +58,16 @@ def finish_interrupted_sends() -> list[int]:
     return ids
 
 
-def send_now(now: datetime | None = None, *, period: str | None = None) -> Digest | None:
-    """Finish interrupted sends, then compile and send a new digest. None when nothing is new.
-    With BROKER_URL the sends are handed to the Celery workers and this returns at once
-    (`wait_for_workers` follows one); else it returns when the send is done."""
+def send_now(now: datetime | None = None, *, period: str | None = None,
+             poll: Callable[[], object] | None = None) -> Digest | None:
+    """Finish interrupted sends, then (`poll`, e.g. polling the feeds) compile and send a new
+    digest. None when nothing is new. With BROKER_URL the sends are handed to the Celery
+    workers and this returns at once (`wait_for_workers` follows one); else it returns when
+    the send is done."""
     with send_lease():
         finish_interrupted_sends()
+        if poll is not None:
+            poll()
         digest = prepare_digest(now, period=period)  # the editor's draft, if there is one
         if digest is None:
             return None

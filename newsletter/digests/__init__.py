@@ -27,6 +27,8 @@ from newsletter.digests.drafts import (
     current_draft,
     hidden_articles,
     hide_article,
+    include_article,
+    move_article,
     prepare_digest,
     preview_coming,
     refresh_draft,
@@ -34,10 +36,13 @@ from newsletter.digests.drafts import (
 )
 from newsletter.digests.feeds import (
     FETCH_TIMEOUT,
+    WEB_POLL_FRESH_SECONDS,
     add_feed,
     ensure_configured_feeds,
     fetch_all_feeds,
     fetch_feed,
+    poll_feeds,
+    poll_feeds_first,
 )
 from newsletter.digests.render import (
     DigestRenderer,
@@ -49,6 +54,7 @@ __all__ = [
     "DigestRenderer",
     "FETCH_TIMEOUT",
     "PUBLIC_STATES",
+    "WEB_POLL_FRESH_SECONDS",
     "add_article",
     "add_feed",
     "coming_articles",
@@ -62,7 +68,11 @@ __all__ = [
     "fetch_feed",
     "hidden_articles",
     "hide_article",
+    "include_article",
     "latest_digests",
+    "move_article",
+    "poll_feeds",
+    "poll_feeds_first",
     "prepare_digest",
     "preview_coming",
     "public_digests",

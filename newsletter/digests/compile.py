@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import exists, func, insert, select
+from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.digests.render import DigestRenderer
@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 def coming_articles(now: datetime | None = None) -> list[Article]:
     """Articles for the next digest: not hidden, in no digest, and published within
     DIGEST_MAX_AGE_DAYS or since the previous digest, whichever reaches further back (so a
-    week the scheduler skipped goes into the next digest), but never more than twice that age.
+    week the scheduler skipped goes into the next digest), but never more than twice that age;
+    and older ones an editor put in (`pinned`).
 
-    Ordered as the digest shows them: by topic, newest first within a topic.
+    Ordered as the digest shows them: by topic, then in the editor's order (`digest_rank`),
+    then newest first within a topic.
     """
     now = now or utcnow()
     max_age = timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
@@ -49,14 +51,16 @@ def coming_articles(now: datetime | None = None) -> list[Article]:
     rows = db.session.execute(
         select(Article)
         .outerjoin(Topic, Topic.id == Article.topic_id)
-        .where(Article.hidden.is_(False), ~in_a_digest, Article.published_at >= cutoff)
-        .order_by(Topic.position.is_(None), Topic.position, Article.published_at.desc(), Article.id)
+        .where(Article.hidden.is_(False), ~in_a_digest,
+               or_(Article.published_at >= cutoff, Article.pinned.is_(True)))
+        .order_by(Topic.position.is_(None), Topic.position, Article.digest_rank.is_(None),
+                  Article.digest_rank, Article.published_at.desc(), Article.id)
     ).scalars()
     return list(rows)
 
 
 def compile_digest(now: datetime | None = None, *, period: str | None = None,
-                   intro: str = "") -> Digest | None:
+                   intro: str = "", intro_en: str = "") -> Digest | None:
     """A new draft digest of the coming articles, or None when nothing is new or another
     process compiled this period (or these articles) first."""
     now = now or utcnow()
@@ -68,7 +72,8 @@ def compile_digest(now: datetime | None = None, *, period: str | None = None,
         if not articles:
             log.info("no new articles: no digest")
             return None
-        digest = Digest(status="draft", period=period, compiled_for=now, intro=(intro or "").strip())
+        digest = Digest(status="draft", period=period, compiled_for=now, intro=(intro or "").strip(),
+                        intro_en=(intro_en or "").strip())
         try:
             db.session.add(digest)
             db.session.flush()
@@ -85,6 +90,7 @@ def compile_digest(now: datetime | None = None, *, period: str | None = None,
         renderer = DigestRenderer(digest)
         digest.subject_sv = renderer.subject("sv")
         digest.subject_en = renderer.subject("en")
+        digest.html_sizes = renderer.html_sizes()
         db.session.commit()
         log.info("digest %s compiled with %d articles", digest.id, len(articles))
         return digest

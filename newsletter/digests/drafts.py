@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import delete, exists, insert, select
+from sqlalchemy import delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.digests.compile import coming_articles, compile_digest
@@ -41,7 +41,8 @@ def current_draft() -> Digest | None:
 def _article_order(article: Article) -> tuple:
     topic = article.topic
     position = topic.position if topic is not None else 10**6
-    return (position, -article.published_at.timestamp(), article.id)
+    rank = article.digest_rank
+    return (position, rank is None, rank or 0, -article.published_at.timestamp(), article.id)
 
 
 def _draft_articles(draft: Digest, now: datetime) -> list[Article]:
@@ -58,7 +59,8 @@ def coming_digest(now: datetime | None = None) -> Digest | None:
     articles = _draft_articles(draft, now) if draft is not None else coming_articles(now)
     if not articles:
         return None
-    digest = Digest(status="draft", compiled_for=now, intro=draft.intro if draft is not None else "")
+    digest = Digest(status="draft", compiled_for=now, intro=draft.intro if draft is not None else "",
+                    intro_en=draft.intro_en if draft is not None else "")
     digest.articles = articles
     if digest in db.session:  # never let a preview be flushed as a real digest
         db.session.expunge(digest)
@@ -88,6 +90,7 @@ def refresh_draft(draft: Digest, now: datetime | None = None) -> Digest:
         renderer = DigestRenderer(draft)
         draft.subject_sv = renderer.subject("sv")
         draft.subject_en = renderer.subject("en")
+        draft.html_sizes = renderer.html_sizes()
         db.session.commit()
     return draft
 
@@ -113,14 +116,18 @@ def prepare_digest(now: datetime | None = None, *, period: str | None = None) ->
     return draft if draft.articles else None
 
 
-def set_intro(intro: str, now: datetime | None = None) -> Digest | None:
-    """Save the editor's intro (plain text, paragraphs split by a blank line) on the draft,
-    compiling one if there is none. None when there is nothing to send."""
-    intro = (intro or "").replace("\r\n", "\n").strip()
+def set_intro(intro: str | None, now: datetime | None = None, *,
+              intro_en: str | None = None) -> Digest | None:
+    """Save the editor's intros (plain text, paragraphs split by a blank line): `intro` the
+    Swedish one, `intro_en` the English one; None leaves one as it is. On the draft, compiling
+    one if there is none. None when there is nothing to send."""
+    texts = {name: (value or "").replace("\r\n", "\n").strip()
+             for name, value in (("intro", intro), ("intro_en", intro_en)) if value is not None}
     draft = current_draft()
     if draft is None:
-        return compile_digest(now, intro=intro)
-    draft.intro = intro
+        return compile_digest(now, **texts)
+    for name, value in texts.items():
+        setattr(draft, name, value)
     db.session.commit()
     return refresh_draft(draft, now)
 
@@ -136,12 +143,53 @@ def hide_article(article: Article, hidden: bool, now: datetime | None = None) ->
     return article
 
 
+def include_article(article: Article, now: datetime | None = None) -> Article:
+    """Put an article in the coming digest whatever its age (and not hidden); ValueError when it
+    was in a digest already."""
+    if db.session.execute(select(digest_articles.c.digest_id).where(
+            digest_articles.c.article_id == article.id, digest_articles.c.digest_id.not_in(
+                select(Digest.id).where(Digest.status.in_(DRAFT_STATES))))).first():
+        raise ValueError("the article was sent in an earlier digest")
+    article.pinned, article.hidden = True, False
+    db.session.commit()
+    _refresh_current_draft(now)
+    return article
+
+
+def move_article(article: Article, offset: int, now: datetime | None = None) -> bool:
+    """Move an article of the coming digest up (-1) or down (+1) within its section; the whole
+    section gets the editor's order from then on. False when it cannot move that way."""
+    coming = coming_digest(now)
+    section = [a for a in (coming.articles if coming is not None else []) if a.topic_id == article.topic_id]
+    ids = [a.id for a in section]
+    if article.id not in ids:
+        return False
+    index = ids.index(article.id)
+    target = index + offset
+    if not 0 <= target < len(section):
+        return False
+    section[index], section[target] = section[target], section[index]
+    for rank, item in enumerate(section):
+        db.session.execute(update(Article).where(Article.id == item.id).values(digest_rank=rank))
+    db.session.commit()
+    db.session.expire_all()
+    _refresh_current_draft(now)
+    return True
+
+
+def _refresh_current_draft(now: datetime | None) -> None:
+    draft = current_draft()
+    if draft is not None:
+        refresh_draft(draft, now)
+
+
 def hidden_articles(now: datetime | None = None) -> list[Article]:
     """Hidden articles that would otherwise be in the coming digest (young enough, in no digest)."""
     now = now or utcnow()
     cutoff = now - timedelta(days=current_app.config["DIGEST_MAX_AGE_DAYS"])
     in_a_digest = exists().where(digest_articles.c.article_id == Article.id)
     return list(db.session.execute(
-        select(Article).where(Article.hidden.is_(True), ~in_a_digest, Article.published_at >= cutoff)
+        select(Article).where(Article.hidden.is_(True), ~in_a_digest,
+                              or_(Article.published_at >= cutoff, Article.pinned.is_(True)))
         .order_by(Article.published_at.desc(), Article.id)
     ).scalars())

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import calendar
 import logging
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.digests.articles import _topic, first_image, plain_text, safe_url, sanitise_html, summary_text
+from newsletter.engine import counters
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
@@ -71,8 +73,45 @@ def ensure_configured_feeds() -> list[Feed]:
 
 
 def fetch_all_feeds(now: datetime | None = None) -> list[FetchResult]:
-    """Poll every feed; a broken one is logged and skipped, never stops the others."""
-    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds()]
+    """Poll every feed that is not paused; a broken one is logged and skipped, never stops the others."""
+    return [fetch_feed(feed, now=now) for feed in ensure_configured_feeds() if not feed.paused]
+
+
+def poll_feeds(now: datetime | None = None, *, time_limit: float, fresh_seconds: float = 0,
+               ) -> list[FetchResult]:
+    """Poll every feed that is not paused within `time_limit` seconds in all (before a digest
+    is compiled).
+
+    Feeds polled less than `fresh_seconds` ago are left as they are (a preview followed by
+    "send now" polls once). A feed not reached in time is reported as an error, like a broken one.
+    """
+    started = time.monotonic()
+    results = []
+    fresh_after = (now or utcnow()) - timedelta(seconds=fresh_seconds)
+    for feed in ensure_configured_feeds():
+        if feed.paused:
+            continue
+        if fresh_seconds and feed.last_fetched_at and feed.last_fetched_at >= fresh_after:
+            continue
+        left = time_limit - (time.monotonic() - started)
+        if left <= 0.5:
+            results.append(FetchResult(feed_id=feed.id, url=feed.url, status="error",
+                                       error="not polled: the time limit was reached"))
+            continue
+        results.append(fetch_feed(feed, now=now, timeout=min(FETCH_TIMEOUT, left)))
+    return results
+
+
+# The admin's preview, its "send now" and the API poll the feeds too, but not the ones polled less
+# than this many seconds ago: looking at the preview and then sending polls once.
+WEB_POLL_FRESH_SECONDS = 60
+
+
+def poll_feeds_first(now: datetime | None = None, *, fresh_seconds: float = 0) -> list[FetchResult]:
+    """Poll the feeds before the coming digest is compiled, previewed or tested, within
+    DIGEST_FETCH_SECONDS; what each feed did (failed ones have `ok` False)."""
+    return poll_feeds(now, time_limit=current_app.config["DIGEST_FETCH_SECONDS"],
+                      fresh_seconds=fresh_seconds)
 
 
 def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETCH_TIMEOUT) -> FetchResult:
@@ -113,6 +152,7 @@ def fetch_feed(feed: Feed, *, now: datetime | None = None, timeout: float = FETC
     feed.last_status = result.status
     feed.last_error = result.error
     db.session.commit()
+    counters.feed_polled(result.status)
     return result
 
 

@@ -81,9 +81,10 @@ class DigestRenderer:
                     self._messages[key] = message
         return message
 
-    def render_public(self, locale: str) -> tuple[str, str, str]:
-        """(subject, text, html) with every topic and no personal link: preview and archive."""
-        return self.render(digest_locale(locale), frozenset(self.topic_ids), personal=False)
+    def render_public(self, locale: str, *, capped: bool = True) -> tuple[str, str, str]:
+        """(subject, text, html) with every topic and no personal link: preview (capped like the
+        email) and archive (`capped` False: every article, where "N more" leads)."""
+        return self.render(digest_locale(locale), frozenset(self.topic_ids), personal=False, capped=capped)
 
     def subject(self, locale: str) -> str:
         """The public subject (what the digest saves), without rendering the bodies."""
@@ -107,8 +108,13 @@ class DigestRenderer:
             "image_alt": article.image_alt or article.title,
         }
 
-    def sections(self, locale: str, topic_ids: frozenset) -> list[dict]:
-        """Articles grouped by topic in topic order (the compile order), limited to `topic_ids`."""
+    def sections(self, locale: str, topic_ids: frozenset, *, capped: bool = True) -> list[dict]:
+        """Articles grouped by topic in topic order (the compile order), limited to `topic_ids`.
+
+        `capped`: at most DIGEST_SECTION_MAX articles a section (0: all), so that a busy week
+        still fits under Gmail's clipping size; `more` says how many were left for the website.
+        """
+        cap = current_app.config["DIGEST_SECTION_MAX"] if capped else 0
         sections: dict[int | None, dict] = {}
         for article in self.articles:
             if article.topic_id not in topic_ids:
@@ -121,33 +127,50 @@ class DigestRenderer:
                     "position": topic.position if topic else 10**6,
                     "articles": [],
                 }
-            sections[article.topic_id]["articles"].append(self._article_view(article, locale))
+            section = sections[article.topic_id]
+            section["total"] = section.get("total", 0) + 1
+            if not cap or len(section["articles"]) < cap:
+                section["articles"].append(self._article_view(article, locale))
+        for section in sections.values():
+            section["more"] = section["total"] - len(section["articles"])
         return sorted(sections.values(), key=lambda section: section["position"])
 
-    def render(self, locale: str, topic_ids: frozenset, *, personal: bool) -> tuple[str, str, str]:
-        return mail.render_email("digest", locale, **self._context(locale, topic_ids, personal=personal))
+    def html_sizes(self) -> dict[str, int]:
+        """Bytes of the HTML part of the largest variant (every topic) in each language."""
+        return {locale: len(self.render(locale, frozenset(self.topic_ids), personal=True)[2].encode())
+                for locale in current_app.config["LANGUAGES"]}
 
-    def _context(self, locale: str, topic_ids: frozenset, *, personal: bool) -> dict:
+    def render(self, locale: str, topic_ids: frozenset, *, personal: bool,
+               capped: bool = True) -> tuple[str, str, str]:
+        return mail.render_email("digest", locale, **self._context(locale, topic_ids, personal=personal,
+                                                                    capped=capped))
+
+    def _context(self, locale: str, topic_ids: frozenset, *, personal: bool, capped: bool = True) -> dict:
         """What the digest's templates are given for one variant."""
-        sections = self.sections(locale, topic_ids)
+        sections = self.sections(locale, topic_ids, capped=capped)
         digest_id = getattr(self.digest, "id", None)
         if personal and digest_id and clicks.enabled():  # the same counted link for every reader
             for section in sections:
                 for article in section["articles"]:
                     article["url"] = clicks.click_url(digest_id, article["id"])
         lead = sections[0]["articles"][0] if sections else None
-        count = sum(len(section["articles"]) for section in sections)
+        count = sum(section["total"] for section in sections)
         headline = lead["title"] if lead else ""
         if len(headline) > HEADLINE_MAX:
             headline = headline[: HEADLINE_MAX - 1].rsplit(" ", 1)[0] + "…"
         public_url = current_app.config["PUBLIC_URL"]
+        # What a capped section left out is on the archive's page of this digest (all of it).
+        full_url = f"{public_url}/archive/{digest_id}?lang={locale}" if digest_id else f"{public_url}/archive"
+        for section in sections:
+            anchor = f"#{section['slug']}" if digest_id and section["slug"] else ""
+            section["more_url"] = full_url + anchor
         return dict(
             slot=slot,
             personal=personal,
             org_name=_org_name(),
             week=self.local_date.isocalendar().week,
             date_label=day_text(self.local_date, locale),
-            intro_paragraphs=[p.strip() for p in (self.digest.intro or "").split("\n\n") if p.strip()],
+            intro_paragraphs=[p.strip() for p in self.digest.intro_for(locale).split("\n\n") if p.strip()],
             sections=sections,
             lead=lead,
             headline=headline,

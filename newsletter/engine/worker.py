@@ -17,7 +17,6 @@ error storm (exit status 3).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import pickle
 import signal
@@ -26,6 +25,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from newsletter.engine import logformat
 from newsletter.engine.ledger import Database, Ledger
 from newsletter.engine.prepared import PreparedMessage
 from newsletter.engine.sending import Hooks, Sender, SendJob, VariantRule, prepared_variants
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         job: WorkerJob = pickle.load(sys.stdin.buffer)
     except EOFError:  # the parent sends on alone (it could not prepare the job, or it stopped)
         return 0
-    logging.basicConfig(level=job.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(job.log_level, os.environ.get("LOG_FORMAT", "text"))  # the parent's environment
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

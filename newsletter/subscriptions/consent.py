@@ -13,6 +13,7 @@ from flask_babel import force_locale
 from flask_babel import gettext as _
 from sqlalchemy import select
 
+from newsletter.engine import counters
 from newsletter.extensions import db
 from newsletter.models import (
     CONSENT_SOURCES,
@@ -40,6 +41,7 @@ def record_event(subscriber: Subscriber, kind: str, *, source: str, ip: str = ""
         ip=(ip or "")[:64], user_agent=(user_agent or "")[:400], detail=detail or {},
     )
     db.session.add(event)
+    counters.subscriber_event(kind)
     return event
 
 

@@ -9,6 +9,7 @@ from flask_babel import gettext as _
 from newsletter import digests
 from newsletter import digests as article_service
 from newsletter.admins import audit
+from newsletter.digests import feed_registry as feed_service
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
 from newsletter.i18n import local_time
@@ -17,7 +18,7 @@ from newsletter.subscriptions.topics import ensure_topics
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
 from newsletter.web.admin.content_forms import ArticleForm, FeedForm, topic_choices
-from newsletter.web.admin.labels import feed_problem
+from newsletter.web.admin.labels import feed_problem, feed_refusal
 
 ADMIN_FETCH_TIMEOUT = 10  # seconds: an editor waits for "fetch now", so do not wait 20
 RECENT_DAYS = 60
@@ -114,6 +115,32 @@ def articles_unhide(article_id: int):
     return _set_hidden(db.get_or_404(Article, article_id), False)
 
 
+@bp.post("/articles/<int:article_id>/include")
+@role_required("editor")
+def articles_include(article_id: int):
+    """Put an article in the coming digest although it is older than DIGEST_MAX_AGE_DAYS."""
+    article = db.get_or_404(Article, article_id)
+    try:
+        digests.include_article(article)
+    except ValueError:
+        db.session.rollback()
+        flash(_("This article was sent in an earlier digest and cannot be changed there."), "error")
+        return redirect(url_for("admin.articles"), 303)
+    audit.record("article.include", f"article:{article.id}", title=article.title)
+    flash(_("“%(title)s” is in the coming digest.", title=article.title), "success")
+    return redirect(url_for("admin.articles") + f"#article-{article.id}", 303)
+
+
+@bp.post("/articles/<int:article_id>/move/<any(up, down):direction>")
+@role_required("editor")
+def articles_move(article_id: int, direction: str):
+    """Move an article up or down within its section of the coming digest."""
+    article = db.get_or_404(Article, article_id)
+    if digests.move_article(article, -1 if direction == "up" else 1):
+        audit.record("article.move", f"article:{article.id}", direction=direction)
+    return redirect(url_for("admin.articles") + f"#article-{article.id}", 303)
+
+
 def _set_hidden(article: Article, hidden: bool):
     in_digest = digests.digests_of([article.id]).get(article.id)
     if in_digest is not None and in_digest.status not in digests.DRAFT_STATES:
@@ -134,21 +161,88 @@ def _set_hidden(article: Article, hidden: bool):
 @bp.route("/feeds", methods=["GET", "POST"])
 @role_required("editor")
 def feeds():
-    """Feeds with their last fetch result and error; the form adds one."""
-    form = _with_topics(FeedForm())
-    form.topic.choices = [("", _("By the feed's categories"))] + list(form.topic.choices)
+    """Feeds with their last fetch result and error; the form adds one (checked by fetching it)."""
+    form = _feed_form(FeedForm())
     if form.validate_on_submit():
         try:
-            feed = article_service.add_feed(form.url.data, topic_slug=form.topic.data or None)
-        except ValueError as exc:
+            added = feed_service.register_feed(form.url.data, topic_slug=form.topic.data or None)
+        except feed_service.FeedRefused as exc:
             db.session.rollback()
-            form.url.errors.append(_("Could not add: %(reason)s", reason=feed_problem(str(exc))))
+            form.url.errors.append(_("Could not add: %(reason)s", reason=feed_refusal(exc)))
         else:
+            feed = added.feed
             audit.record("feed.add", f"feed:{feed.id}", url=feed.url)
-            flash(_("The feed was added. Fetch it now to see its articles."), "success")
+            if added.result is None:
+                flash(_("This feed was registered already."), "success")
+            else:
+                _refresh_draft()
+                flash(_("The feed was added with %(count)d articles.", count=added.result.added), "success")
             return redirect(url_for("admin.feeds"), 303)
-    feeds = article_service.ensure_configured_feeds()
+    feeds = feed_service.all_feeds()
     return render_template("admin/feeds.html", form=form, feeds=feeds), 200 if not form.errors else 422
+
+
+@bp.route("/feeds/<int:feed_id>", methods=["GET", "POST"])
+@role_required("editor")
+def feed_edit(feed_id: int):
+    """Change a feed's address (checked by fetching it) or section."""
+    feed = _feed_or_404(feed_id)
+    form = _feed_form(FeedForm(obj=None if request.method == "POST" else feed))
+    if request.method == "GET":
+        form.topic.data = feed.topic.slug if feed.topic else ""
+    if form.validate_on_submit():
+        try:
+            feed_service.change_feed(feed, url=form.url.data, topic_slug=form.topic.data or None,
+                                     by_category=not form.topic.data)
+        except feed_service.FeedRefused as exc:
+            db.session.rollback()
+            form.url.errors.append(_("Not changed: %(reason)s", reason=feed_refusal(exc)))
+        else:
+            audit.record("feed.edit", f"feed:{feed.id}", url=feed.url)
+            _refresh_draft()
+            flash(_("The feed was changed."), "success")
+            return redirect(url_for("admin.feeds") + f"#feed-{feed.id}", 303)
+    return render_template("admin/feed_edit.html", form=form, feed=feed), 200 if not form.errors else 422
+
+
+@bp.post("/feeds/<int:feed_id>/<any(pause, resume):action>")
+@role_required("editor")
+def feed_pause(feed_id: int, action: str):
+    """Stop polling a feed, or start again."""
+    feed = feed_service.set_paused(_feed_or_404(feed_id), action == "pause")
+    audit.record(f"feed.{action}", f"feed:{feed.id}")
+    flash(_("The feed is paused: it is not fetched until you resume it.") if feed.paused
+          else _("The feed is fetched again."), "success")
+    return redirect(url_for("admin.feeds") + f"#feed-{feed.id}", 303)
+
+
+@bp.post("/feeds/<int:feed_id>/remove")
+@role_required("editor")
+def feed_remove(feed_id: int):
+    """Remove a feed; its articles stay."""
+    feed = _feed_or_404(feed_id)
+    try:
+        kept = feed_service.remove_feed(feed)
+    except feed_service.FeedRefused as exc:
+        db.session.rollback()
+        flash(_("The feed was not removed: %(reason)s", reason=feed_refusal(exc)), "error")
+        return redirect(url_for("admin.feeds"), 303)
+    audit.record("feed.remove", f"feed:{feed_id}", articles_kept=kept)
+    flash(_("The feed was removed; its %(count)d articles stay.", count=kept), "success")
+    return redirect(url_for("admin.feeds"), 303)
+
+
+def _feed_or_404(feed_id: int) -> Feed:
+    feed = db.session.get(Feed, feed_id)
+    if feed is None:
+        abort(404)
+    return feed
+
+
+def _feed_form(form: FeedForm) -> FeedForm:
+    form = _with_topics(form)
+    form.topic.choices = [("", _("By the feed's categories"))] + list(form.topic.choices)
+    return form
 
 
 @bp.post("/feeds/<int:feed_id>/fetch")
@@ -170,7 +264,8 @@ def feeds_fetch(feed_id: int):
 def feeds_fetch_all():
     """Fetch every feed now."""
     feeds = article_service.ensure_configured_feeds()
-    results = [article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT) for feed in feeds]
+    results = [article_service.fetch_feed(feed, timeout=ADMIN_FETCH_TIMEOUT) for feed in feeds
+               if not feed.paused]
     _refresh_draft()
     audit.record("feed.fetch_all", "feeds", feeds=len(results), added=sum(r.added for r in results))
     _flash_result(results)

@@ -44,7 +44,8 @@ class FeedForm(FlaskForm):
 
 
 class IntroForm(FlaskForm):
-    intro = TextAreaField(_l("Editor's intro"), validators=[Optional(), Length(max=5000)])
+    intro = TextAreaField(_l("Intro in Swedish"), validators=[Optional(), Length(max=5000)])
+    intro_en = TextAreaField(_l("Intro in English"), validators=[Optional(), Length(max=5000)])
     submit = SubmitField(_l("Save intro"))
 
 

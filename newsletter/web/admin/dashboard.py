@@ -9,11 +9,13 @@ from flask import current_app, render_template
 from newsletter import delivery, digests
 from newsletter.engine.clock import utcnow
 from newsletter.inbound import poll as bounce_mailbox
+from newsletter.monitoring import heartbeat
 from newsletter.subscriptions import stats
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
 
 LAST_SENDS = 5
+LAST_ACTIONS = 6
 
 
 def next_digest_time(now):
@@ -64,5 +66,6 @@ def dashboard():
         coming=coming.articles if coming is not None else [],
         intro=coming.intro if coming is not None else "", draft=draft, sends=sends,
         require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
+        scheduler=heartbeat.scheduler_status(now, actions=LAST_ACTIONS),
         unreadable=bounce_mailbox.recent_notes() if current_app.config["BOUNCE_MAILBOX_URL"] else 0,
     )

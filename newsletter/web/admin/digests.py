@@ -18,6 +18,10 @@ from newsletter.web.admin.content_forms import IntroForm, TestSendForm
 
 # The preview is an email, not a page of ours: no scripts, no forms, no same-origin access,
 # even if something slipped through the sanitiser. The iframe's sandbox says the same.
+# Gmail clips a message whose HTML passes about 102 KB (and hides the unsubscribe footer): warn
+# well before it.
+SIZE_WARNING_BYTES = 90 * 1024
+
 PREVIEW_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; " \
               "font-src https: data:; frame-ancestors 'self'"
 
@@ -41,20 +45,33 @@ def _next_run():
         return None
 
 
+def _poll_feeds() -> None:
+    """Poll the feeds not polled within the last minute; say which failed."""
+    results = digests.poll_feeds_first(fresh_seconds=digests.WEB_POLL_FRESH_SECONDS)
+    for result in results:
+        if not result.ok:
+            flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=result.error), "error")
+
+
 @bp.get("/digest")
 @role_required("editor")
 def digest():
     """The coming digest as subscribers will see it, with the intro, test and send controls."""
     language = _language(request.args.get("preview"))
+    _poll_feeds()
     now = utcnow()
     coming = digests.coming_digest(now)
-    rendered = digests.DigestRenderer(coming).render_public(language) if coming is not None else None
+    renderer = digests.DigestRenderer(coming) if coming is not None else None
+    rendered = renderer.render_public(language) if renderer is not None else None
+    sizes = renderer.html_sizes() if renderer is not None else {}
     draft = digests.current_draft()
-    intro_form = IntroForm(intro=draft.intro if draft is not None else "")
+    intro_form = IntroForm(intro=draft.intro if draft is not None else "",
+                           intro_en=draft.intro_en if draft is not None else "")
     test_form = TestSendForm(language=language)
     return render_template(
         "admin/digest.html", coming=coming, rendered=rendered, language=language, draft=draft,
-        intro_form=intro_form, test_form=test_form, next_run=_next_run(),
+        intro_form=intro_form, test_form=test_form, next_run=_next_run(), sizes=sizes,
+        size_warning=SIZE_WARNING_BYTES, section_max=current_app.config["DIGEST_SECTION_MAX"],
         require_approval=current_app.config["DIGEST_REQUIRE_APPROVAL"],
         sending=[d for d in digests.latest_digests(5) if d.status in ("sending", "paused")],
     )
@@ -95,13 +112,15 @@ def digest_intro():
     """Save the editor's intro on the draft (a draft is compiled if there is none)."""
     form = IntroForm()
     if not form.validate_on_submit():
-        flash(_("The intro could not be saved: %(errors)s", errors=" ".join(form.intro.errors)), "error")
+        errors = form.intro.errors + form.intro_en.errors
+        flash(_("The intro could not be saved: %(errors)s", errors=" ".join(errors)), "error")
         return redirect(url_for("admin.digest"), 303)
-    draft = digests.set_intro(form.intro.data or "")
+    draft = digests.set_intro(form.intro.data or "", intro_en=form.intro_en.data or "")
     if draft is None:
         flash(_("There is nothing new for a digest yet, so there is nothing to write an intro for."), "error")
     else:
-        audit.record("digest.intro", f"digest:{draft.id}", length=len(draft.intro))
+        audit.record("digest.intro", f"digest:{draft.id}", length=len(draft.intro),
+                     length_en=len(draft.intro_en))
         flash(_("The intro was saved on the draft."), "success")
     return redirect(url_for("admin.digest"), 303)
 
@@ -130,6 +149,7 @@ def digest_test():
 def digest_send():
     """GET: the confirmation step (how many it goes to); POST: compile, send in the background."""
     require_approval = current_app.config["DIGEST_REQUIRE_APPROVAL"]
+    _poll_feeds()
     if request.method == "GET":
         plan = delivery.plan_send()
         return render_template("admin/digest_send.html", plan=plan, require_approval=require_approval)

@@ -147,6 +147,19 @@ def feed_problem(error: str) -> str:
     if kind in ("InvalidURL", "MissingSchema", "InvalidSchema") or "not an http(s) URL" in error:
         return _("The feed's address is not a valid web address.")
     return _("The feed could not be read.")
+def feed_refusal(refused) -> str:
+    """Why a feed was not added, changed or removed (a `feeds.FeedRefused`), in the admin's language."""
+    reason = {
+        "bad-url": _("this is not an http(s) address"),
+        "exists": _("another feed has this address"),
+        "unknown-topic": _("there is no such section"),
+        "http": _("the server answered %(status)s", status=refused.detail),
+        "unreachable": _("the server could not be reached (%(error)s)", error=refused.detail),
+        "not-a-feed": _("this address is not an RSS or Atom feed"),
+        "configured": _("this feed is set in FEED_URLS: take it out there, or pause it"),
+        "failed": _("the feed could not be fetched (%(error)s)", error=refused.detail),
+    }
+    return reason.get(refused.reason, str(refused))
 
 
 def suppression_label(reason: str) -> str:

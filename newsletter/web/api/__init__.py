@@ -1,4 +1,4 @@
-"""The JSON API under /api/v1: bearer tokens, subscribers, articles, digests, its OpenAPI document.
+"""The JSON API under /api/v1: bearer tokens, subscribers, articles, feeds, digests, its OpenAPI document.
 
 CSRF-exempt: a request is authenticated by its Authorization header, never by a cookie,
 so a cross-site form cannot act with anyone's rights. Rate-limited per token (API_RATE_LIMIT).
@@ -10,7 +10,7 @@ from newsletter.extensions import csrf, limiter
 
 bp = Blueprint("api", __name__)
 
-from newsletter.web.api import articles, auth, digests, openapi, subscribers  # noqa: E402,F401  (register the views)
+from newsletter.web.api import articles, auth, digests, feeds, openapi, subscribers  # noqa: E402,F401  (register the views)
 from newsletter.web.api.auth import rate_limit, rate_limit_key  # noqa: E402
 from newsletter.web.api.errors import register_error_handlers  # noqa: E402
 

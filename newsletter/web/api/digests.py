@@ -45,6 +45,7 @@ def preview_digest():
     """The coming digest as the public sees it (no personal links); 204 when nothing is new."""
     params = query_params(schemas.preview_params())
     language = params.get("lang", current_app.config["DEFAULT_LOCALE"])
+    digest_service.poll_feeds_first(fresh_seconds=digest_service.WEB_POLL_FRESH_SECONDS)
     coming = digest_service.coming_digest(utcnow())  # the draft (with its intro) and what came since
     if coming is None:
         return "", 204
@@ -64,9 +65,10 @@ def trigger_digest():
     if running is not None:
         raise ApiError(409, "send_running", f"Digest {running} is being sent; wait for it, or pause or "
                                             "cancel it first.")
+    digest_service.poll_feeds_first(fresh_seconds=digest_service.WEB_POLL_FRESH_SECONDS)
     now = utcnow()
-    if "intro" in data:
-        digest_service.set_intro(data["intro"], now)  # on the draft, as the admin's digest page does
+    if "intro" in data or "intro_en" in data:  # on the draft, as the admin's digest page does
+        digest_service.set_intro(data.get("intro"), now, intro_en=data.get("intro_en"))
     digest = digest_service.prepare_digest(now)
     if digest is None:
         return "", 204

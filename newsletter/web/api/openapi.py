@@ -56,6 +56,7 @@ def _path_param(name: str, schema: dict) -> dict:
 
 UID = _path_param("uid", {"type": "string", "pattern": "^[0-9a-f]{24,32}$"})
 ARTICLE_ID = _path_param("article_id", {"type": "integer", "minimum": 0, "maximum": 2147483647})
+FEED_ID = _path_param("feed_id", {"type": "integer", "minimum": 0, "maximum": 2147483647})
 DIGEST_ID = _path_param("digest_id", {"type": "integer", "minimum": 0, "maximum": 2147483647})
 
 
@@ -111,6 +112,25 @@ def _paths() -> dict:
                                 ok(200, "The article after the change", "Article"), params=[ARTICLE_ID],
                                 body="ArticlePatch", tag="articles"),
         },
+        "/feeds": {
+            "get": _operation("listFeeds", "Every feed with its last poll", ok(200, "All feeds", "FeedList"),
+                              tag="feeds"),
+            "post": _operation(
+                "addFeed", "Add a feed, checked by fetching it (refused: not reachable, not RSS/Atom)",
+                {**ok(201, "Added (its articles are stored)", "Feed"),
+                 **ok(200, "Registered already (the topic given is set)", "Feed")},
+                body="FeedCreate", tag="feeds"),
+        },
+        "/feeds/{feed_id}": {
+            "get": _operation("getFeed", "One feed", ok(200, "The feed", "Feed"), params=[FEED_ID],
+                              tag="feeds"),
+            "patch": _operation("updateFeed",
+                                "Change a feed's URL (checked by fetching it), topic, or pause it",
+                                ok(200, "The feed after the change", "Feed"), params=[FEED_ID],
+                                body="FeedPatch", errors=(409,), tag="feeds"),
+            "delete": _operation("removeFeed", "Remove a feed (its articles stay)", ok(204, "Removed"),
+                                 params=[FEED_ID], errors=(409,), tag="feeds"),
+        },
         "/digests": {
             "get": _operation("listDigests", "List digests, newest first",
                               ok(200, "A page of digests", "DigestList"),
@@ -139,14 +159,14 @@ def build_document() -> dict:
             "title": f"{current_app.config.get('SITE_NAME') or 'Newsletter'} API",
             "version": "1.0.0",
             "description": (
-                "Subscribers, articles and digests of the newsletter service. Authenticate with a "
+                "Subscribers, articles, feeds and digests of the newsletter service. Authenticate with a "
                 "token created in the admin dashboard: `Authorization: Bearer <token>`. Tokens have "
                 "the role admin or editor; editors cannot erase or export subscribers. Every error "
                 'is JSON: `{"error": {"code": …, "message": …, "field": …}}`.'),
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearerAuth": []}],
-        "tags": [{"name": "subscribers"}, {"name": "articles"}, {"name": "digests"}],
+        "tags": [{"name": "subscribers"}, {"name": "articles"}, {"name": "feeds"}, {"name": "digests"}],
         "paths": _paths(),
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",

@@ -89,10 +89,33 @@ def article_patch() -> dict:
     return {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": fields}
 
 
+def _feed_fields() -> dict:
+    return {
+        "url": HTTP_URL,
+        "topic": {"type": ["string", "null"], "enum": [*topic_slugs(), None],
+                  "description": "Every article of the feed goes to this topic; null: by its categories."},
+        "paused": {"type": "boolean", "description": "A paused feed is not polled; its articles stay."},
+    }
+
+
+def feed_create() -> dict:
+    fields = _feed_fields()
+    del fields["paused"]
+    return {"type": "object", "additionalProperties": False, "required": ["url"], "properties": fields}
+
+
+def feed_patch() -> dict:
+    return {"type": "object", "additionalProperties": False, "minProperties": 1,
+            "properties": _feed_fields()}
+
+
 def digest_trigger() -> dict:
     return {"type": "object", "additionalProperties": False,
-            "properties": {"intro": {"type": "string", "maxLength": 10000,
-                                     "description": "The editor's intro, plain text, on top."}}}
+            "properties": {
+                "intro": {"type": "string", "maxLength": 10000,
+                          "description": "The editor's intro for Swedish readers, plain text, on top."},
+                "intro_en": {"type": "string", "maxLength": 10000,
+                             "description": "The intro for English readers (none when empty)."}}}
 
 
 def component_schemas() -> dict:
@@ -106,6 +129,7 @@ def component_schemas() -> dict:
         "subject_sv": {"type": "string"},
         "subject_en": {"type": "string"},
         "intro": {"type": "string"},
+        "intro_en": {"type": "string"},
         "created_at": TIME,
         "compiled_for": TIME,
         "started_at": NULLABLE_TIME,
@@ -174,6 +198,25 @@ def component_schemas() -> dict:
             },
         },
         "ArticleList": _list_of("Article"),
+        "FeedCreate": feed_create(),
+        "FeedPatch": feed_patch(),
+        "Feed": {
+            "type": "object",
+            "required": ["id", "url", "title", "topic", "paused", "last_fetched_at", "last_status",
+                         "last_error", "created_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "url": {"type": "string"},
+                "title": {"type": "string"},
+                "topic": {"type": ["string", "null"]},
+                "paused": {"type": "boolean"},
+                "last_fetched_at": NULLABLE_TIME,
+                "last_status": {"type": ["string", "null"], "enum": ["ok", "not-modified", "error", None]},
+                "last_error": {"type": "string"},
+                "created_at": TIME,
+            },
+        },
+        "FeedList": _list_of("Feed"),
         "DigestTrigger": digest_trigger(),
         "Digest": {"type": "object", "required": list(digest_properties), "properties": digest_properties},
         "DigestList": _list_of("Digest"),

@@ -40,6 +40,7 @@ def digest_json(digest: Digest) -> dict:
         "subject_sv": digest.subject_sv,
         "subject_en": digest.subject_en,
         "intro": digest.intro,
+        "intro_en": digest.intro_en,
         "created_at": iso(digest.created_at),
         "compiled_for": iso(digest.compiled_for),
         "started_at": iso(digest.started_at),

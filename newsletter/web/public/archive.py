@@ -31,7 +31,8 @@ def archive_index():
 @bp.get("/archive/<int:digest_id>")
 def archive_digest(digest_id: int):
     """One digest as a web page: the email's own rendering, without any personal link."""
-    _subject, _text, html = digests.DigestRenderer(_public_digest(digest_id)).render_public(_locale())
+    renderer = digests.DigestRenderer(_public_digest(digest_id))
+    _subject, _text, html = renderer.render_public(_locale(), capped=False)  # every article
     response = Response(html, mimetype="text/html")
     # The page is the email: it needs no script at all, so forbid any.
     response.headers["Content-Security-Policy"] = "script-src 'none'; object-src 'none'; base-uri 'none'"
