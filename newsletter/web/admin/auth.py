@@ -241,6 +241,7 @@ def login_page():
         known = accounts.admin_by_email(form.email.data)
         if known is not None:
             audit.record("login_failed", known.email, actor="anonymous")
+            db.session.commit()  # kept although the answer is 401 (which rolls a request back)
         flash(_("Wrong email address or password."), "error")
         return render_template("admin/login.html", form=form), 401
     return render_template("admin/login.html", form=form), (400 if form.errors else 200)
