@@ -38,7 +38,7 @@ bench: install
 
 # Re-extract the strings and merge them into the catalogues (then translate the new sv entries).
 i18n: install
-	$(BIN)/pybabel extract -F babel.cfg -o newsletter/translations/messages.pot .
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -k N_ -o newsletter/translations/messages.pot .
 	$(BIN)/pybabel update -i newsletter/translations/messages.pot -d newsletter/translations
 
 clean:

@@ -91,12 +91,9 @@ class Config:
     # Confirmation emails to one mailbox (lower-cased, +tag removed) in 24 hours, however spelt.
     CONFIRM_MAX_PER_MAILBOX: int = _int("CONFIRM_MAX_PER_MAILBOX", 3)
     SIGNUP_MIN_SECONDS: float = _float("SIGNUP_MIN_SECONDS", 2.0)
-    # The form's "shown at" stamp: valid this long (seconds), and for this many signups.
     # A signup is answered no sooner than this after it came in, whatever the address's state
     # (its time would tell the state otherwise); above the slowest signup's own time.
     SIGNUP_RESPONSE_SECONDS: float = _float("SIGNUP_RESPONSE_SECONDS", 0.1)
-    SIGNUP_STAMP_MAX_AGE: int = _int("SIGNUP_STAMP_MAX_AGE", 6 * 3600)
-    SIGNUP_STAMP_USES: int = _int("SIGNUP_STAMP_USES", 3)
     SIGNUP_RATE_PER_IP: str = _env("SIGNUP_RATE_PER_IP", "10 per minute;60 per hour")
     SIGNUP_RATE_PER_ADDRESS: str = _env("SIGNUP_RATE_PER_ADDRESS", "3 per hour;10 per day")
     ALLOWED_EMBED_ORIGINS: list[str] = _list("ALLOWED_EMBED_ORIGINS")

@@ -58,9 +58,11 @@ def create_app(overrides: dict | None = None, config_class: type | None = None) 
     from newsletter.web import ops
     from newsletter.web.admin import bp as admin_bp
     from newsletter.web.api import bp as api_bp
+    from newsletter.web.errors import register_error_pages
     from newsletter.web.hooks import bp as hooks_bp
     from newsletter.web.public import bp as public_bp
 
+    register_error_pages(app)  # before the blueprints: the API wraps these with its JSON errors
     app.register_blueprint(public_bp)
     app.register_blueprint(admin_bp, url_prefix="/admin")
     app.register_blueprint(api_bp, url_prefix="/api/v1")

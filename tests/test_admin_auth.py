@@ -33,8 +33,16 @@ def test_login_then_logout(app, client):
     response = post_form(client, "/admin/logout")
     assert response.status_code == 302 and response.headers["Location"].startswith("/admin/login")
     assert client.get("/admin/").status_code == 302
+
     with app.app_context():
         assert [a for _, a, _ in audit_actions()] == ["login", "logout"]
+
+
+def test_a_failed_login_to_a_real_account_is_kept_in_the_audit_log_though_the_answer_is_401(app, client):
+    make_admin(app)
+    assert login(client, "boss@example.org", "wrong password here").status_code == 401
+    with app.app_context():
+        assert ("anonymous", "login_failed", "boss@example.org") in audit_actions()
 
 
 def test_logout_is_a_post_with_csrf_token(app):

@@ -653,6 +653,13 @@ def test_token_page_in_chromium_and_the_token_over_http(app):
                 page.goto(f"{base}/admin/api-tokens?lang=en")
                 expect(page.get_by_role("cell", name="Webbplatsen", exact=True)).to_be_visible()
                 assert token not in page.content()
+                # Revoking asks first: "no" changes nothing, "yes" revokes.
+                asked: list[str] = []
+                page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+                page.get_by_role("button", name="Revoke the token “Webbplatsen”").click()
+                assert asked and "Webbplatsen" in asked[0]
+                assert _http_status(f"{base}/api/v1/subscribers", token) == 200
+                page.once("dialog", lambda dialog: dialog.accept())
                 page.get_by_role("button", name="Revoke the token “Webbplatsen”").click()
                 expect(page.get_by_text("revoked", exact=True).first).to_be_visible()
                 page.screenshot(path=str(ARTIFACTS / "admin-api-tokens.png"), full_page=True)

@@ -14,8 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 # Each part and the parts it may import. The ground floor (models, extensions, i18n, the
-# leases) may be used by every part above the engine.
-GROUND = {"models", "extensions", "i18n", "leases", "sqlite_tuning"}
+# leases, the digest schedule read from the settings) may be used by every part above the engine.
+GROUND = {"models", "extensions", "i18n", "leases", "sqlite_tuning", "schedule"}
 ALLOWED = {
     "engine": set(),
     "ground": {"engine"},

@@ -115,7 +115,9 @@ def test_someone_whose_topics_have_nothing_new_gets_nothing(smtp_app, smtp_serve
         subscriber("blogg@example.se", topics=("blogg",))
         digest = delivery.send_now(NOW)
         counts = delivery.send_progress(digest.id)
-        assert counts["sent"] == 1 and counts["skipped"] == 1
+        # Not a recipient at all: not pinned, not skipped, not in the total.
+        assert counts["sent"] == 1 and counts["skipped"] == 0 and counts["total"] == 1
+        assert digest.recipient_count == 1
     assert [m["To"] for m in smtp_server.messages()] == ["blogg@example.se"]
 
 

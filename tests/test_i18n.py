@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,8 @@ METHODS = [
 def _extracted_msgids() -> set[str]:
     ids: set[str] = set()
     for _filename, _lineno, message, _comments, _context in extract_from_dir(
-        str(ROOT), METHODS, options_map={"templates/**": {"extensions": "jinja2.ext.i18n"}}
+        str(ROOT), METHODS, options_map={"templates/**": {"extensions": "jinja2.ext.i18n"}},
+        keywords={**DEFAULT_KEYWORDS, "_l": None, "N_": None, "lazy_gettext": None, "lazy_ngettext": (1, 2)},
     ):
         ids.add(message[0] if isinstance(message, tuple) else message)
     return ids

@@ -98,7 +98,8 @@ def test_import_of_the_fixture_reports_bad_lines_on_stderr_and_exits_3(app, runn
         "subscribers.csv:10: unknown language 'xx'",
         "subscribers.csv:11: empty address",
     ]
-    assert result.stdout.startswith("9 rows (newsletter, utf-8): 4 added, 0 pending confirmed, 5 skipped")
+    assert result.stdout.startswith(
+        "9 rows (newsletter, utf-8): 4 added, 0 confirmed who were pending, 5 skipped")
     with app.app_context():
         assert count(Subscriber, Subscriber.status == "pending") == 4 and count(QueuedEmail) == 4
         [entry] = db.session.execute(select(AuditEvent)).scalars().all()

@@ -103,9 +103,14 @@ def authenticate(email: str, password: str) -> Admin | None:
         return None
     if hasher.check_needs_rehash(admin.password_hash):  # the cost settings were raised
         admin.password_hash = hasher.hash(password)
+    mark_logged_in(admin)
+    return admin
+
+
+def mark_logged_in(admin: Admin) -> None:
+    """The admin's last login is now (a password login, or the set-up link's first session)."""
     admin.last_login_at = utcnow()
     db.session.flush()
-    return admin
 
 
 def change_password(admin: Admin, current: str, new: str) -> None:

@@ -10,6 +10,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from newsletter import delivery, digests
+from newsletter.subscriptions import InvalidInput
 
 group = AppGroup("digest", help="The weekly digest.")
 
@@ -62,7 +63,12 @@ def send_command(test_to: str | None, dry_run: bool, lang: str | None, no_fetch:
     if (test_to or dry_run) and not no_fetch:
         _poll_feeds()
     if test_to:
-        if not delivery.send_test(test_to, locale=_language(lang)):
+        try:
+            sent = delivery.send_test(test_to, locale=_language(lang))
+        except InvalidInput as exc:
+            raise click.BadParameter(f"{test_to.strip()[:100]!r}: {exc.reason}",
+                                     param_hint="--test-to") from exc
+        if not sent:
             raise click.ClickException("nothing new for a digest: no test sent")
         click.echo(f"test sent to {test_to}")
         return

@@ -64,12 +64,28 @@ def add_command(email: str, confirmed: bool, language: str | None, topics: tuple
                                    "person's own signup brings it back") from exc
     except (subscriptions.SubscriberExists, IntegrityError) as exc:
         db.session.rollback()
-        raise click.ClickException(f"{email.strip()} is already on the list; nothing changed") from exc
+        raise click.ClickException(_already_there(email.strip(), getattr(exc, "status", ""))) from exc
     audit.record("subscriber_added", f"subscriber:{subscriber.id}", actor=_operator(), confirmed=confirmed)
     if confirmed:
         click.echo(f"{subscriber.email}: confirmed (consent source recorded: {command})")
         return
     click.echo(f"{subscriber.email}: pending; {_confirmation_state(subscriber.id)}")
+
+
+SUPPRESSED = {
+    "unsubscribed": "unsubscribed",
+    "bounced": "was marked bounced (their mail server refused the address)",
+    "complained": "reported a digest as spam",
+}
+
+
+def _already_there(email: str, status: str) -> str:
+    """Why an add changed nothing, saying when the person left the list themselves."""
+    if status in SUPPRESSED:
+        return (f"{email} {SUPPRESSED[status]}; nothing changed: they are not added back "
+                "(they can subscribe again themselves through the form)")
+    state = f" ({status})" if status else ""
+    return f"{email} is already on the list{state}; nothing changed"
 
 
 def _confirmation_state(subscriber_id: int) -> str:
@@ -154,7 +170,8 @@ def erase_command(email: str) -> None:
 @click.argument("path", metavar="[FILE]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--status", type=click.Choice(SUBSCRIBER_STATES), default=None,
               help="Only subscribers in this state.")
-@click.option("--topic", default=None, metavar="SLUG", help="Only subscribers who chose this topic.")
+@click.option("--topic", default=None, metavar="SLUG",
+              help="Only those who get this topic: who chose it, and who follow every topic.")
 def export_command(path: Path | None, status: str | None, topic: str | None) -> None:
     """Write subscribers as CSV (email, status, language, topics, name, created_at, confirmed_at).
 
@@ -165,7 +182,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
     if path is None:
         count = subscriptions.export_subscribers_csv(sys.stdout, status=status, topic=topic)
         _audit_export(count, status, topic, "stdout")
-        click.echo(f"exported {count} subscribers", err=True)
+        click.echo(f"exported {count} subscriber{'' if count == 1 else 's'}", err=True)
         return
     directory = path.resolve().parent
     try:  # mode 0600 (personal data), renamed into place when complete
@@ -180,7 +197,7 @@ def export_command(path: Path | None, status: str | None, topic: str | None) -> 
         Path(temporary).unlink(missing_ok=True)
         raise
     _audit_export(count, status, topic, str(path))
-    click.echo(f"exported {count} subscribers to {path}", err=True)
+    click.echo(f"exported {count} subscriber{'' if count == 1 else 's'} to {path}", err=True)
 
 
 def _audit_export(count: int, status: str | None, topic: str | None, where: str) -> None:

@@ -1,16 +1,18 @@
-"""Pinning a send's recipients: one queued Delivery row per confirmed subscriber, unique per
-(digest, subscriber), written before anything is sent; a big list in chunks.
+"""Pinning a send's recipients: one queued Delivery row per confirmed subscriber the digest has
+something for (they follow every topic, or one of its articles' topics), unique per
+(digest, subscriber), written before anything is sent; a big list in chunks. Someone whose
+topics have nothing this time is not a recipient: not pinned, not counted, not in the progress.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import exists, func, insert, or_, select, text, update
 
 from newsletter.engine.clock import utcnow
 from newsletter.extensions import db
-from newsletter.models import Delivery, Digest, Subscriber
+from newsletter.models import Delivery, Digest, Subscriber, subscriber_topics
 
 # A big list is pinned in chunks, each its own transaction, in subscriber order: the first
 # PIN_FIRST before anything goes out, the rest by a thread while the senders send (on
@@ -43,7 +45,7 @@ def start_send(digest_id: int, first: int | None = None) -> int:
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken:
-            if _pin(digest_id, started, after=0, limit=first) is None:
+            if _pin(digest, started, after=0, limit=first) is None:
                 _pinned(digest_id)
         db.session.commit()
         db.session.refresh(digest)
@@ -62,7 +64,7 @@ def pin_rest(digest_id: int, chunk: int | None = None) -> None:
     after = db.session.execute(select(func.max(Delivery.subscriber_id))
                                .where(Delivery.digest_id == digest_id)).scalar() or 0
     while after is not None:
-        after = _pin(digest_id, digest.started_at, after=after, limit=chunk or PIN_CHUNK)
+        after = _pin(digest, digest.started_at, after=after, limit=chunk or PIN_CHUNK)
         db.session.commit()
     _pinned(digest_id)
     db.session.commit()
@@ -77,11 +79,21 @@ def pinning_done(digest_id: int) -> bool:
     return count >= rows
 
 
-def _pin(digest_id: int, started: datetime, *, after: int, limit: int | None) -> int | None:
+def recipient_filter(digest: Digest):
+    """Who the digest has something for: those who follow every topic (chose none), and those
+    who follow one of its articles' topics (the rule of `sending.VariantRule`)."""
+    topic_ids = [article.topic_id for article in digest.articles if article.topic_id is not None]
+    follows = subscriber_topics.c.subscriber_id == Subscriber.id
+    return or_(~exists().where(follows), exists().where(follows, subscriber_topics.c.topic_id.in_(topic_ids)))
+
+
+def _pin(digest: Digest, started: datetime, *, after: int, limit: int | None) -> int | None:
     """Pin the recipients whose subscriber id is above `after`, at most `limit` of them (in the
     session's transaction). Returns the last subscriber id pinned, or None when none are left."""
+    digest_id = digest.id
     who = [Subscriber.status == "confirmed", Subscriber.id > after,
-           or_(Subscriber.confirmed_at.is_(None), Subscriber.confirmed_at <= started)]
+           or_(Subscriber.confirmed_at.is_(None), Subscriber.confirmed_at <= started),
+           recipient_filter(digest)]
     last = None
     if limit is not None:
         last = db.session.execute(select(Subscriber.id).where(*who).order_by(Subscriber.id)

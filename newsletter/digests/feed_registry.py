@@ -18,7 +18,7 @@ from newsletter.digests.articles import safe_url
 from newsletter.digests.feeds import FetchResult, ensure_configured_feeds, fetch_feed
 from newsletter.extensions import db
 from newsletter.models import Article, Feed
-from newsletter.subscriptions.topics import ensure_topics, topics_by_slugs
+from newsletter.subscriptions.topics import all_topics, ensure_topics, topics_by_slugs
 
 CHECK_TIMEOUT = 10  # seconds: someone waits for the answer of "add"
 
@@ -77,7 +77,8 @@ def _topic_id(topic_slug: str | None) -> int | None:
     try:
         return topics_by_slugs([topic_slug])[0].id
     except (ValueError, IndexError, KeyError) as exc:
-        raise FeedRefused("unknown-topic", topic_slug) from exc
+        known = ", ".join(t.slug for t in all_topics()) or "none yet"
+        raise FeedRefused("unknown-topic", f"{topic_slug} (the topics are: {known})") from exc
 
 
 def _checked_url(url: str) -> str:

@@ -15,6 +15,7 @@ from newsletter.digests import clicks
 from newsletter.engine.clock import utcnow
 from newsletter.engine.prepared import slot
 from newsletter.engine.sending import VariantRule
+from newsletter.i18n import day_text, format_locale
 from newsletter.mail import compose as mail
 from newsletter.mail.compose import PreparedMessage
 from newsletter.models import Article, Digest, Subscriber
@@ -100,7 +101,7 @@ class DigestRenderer:
             "title": article.title,
             "url": article.url,
             "author": article.author,
-            "date": format_date(published, "EEEE d MMMM", locale=locale),
+            "date": format_date(published, "EEEE d MMMM", locale=format_locale(locale)),
             "iso_date": published.date().isoformat(),
             "summary": article.summary,
             "image_url": article.image_url,
@@ -168,7 +169,7 @@ class DigestRenderer:
             personal=personal,
             org_name=_org_name(),
             week=self.local_date.isocalendar().week,
-            date_label=format_date(self.local_date, "d MMMM y", locale=locale),
+            date_label=day_text(self.local_date, locale),
             intro_paragraphs=[p.strip() for p in self.digest.intro_for(locale).split("\n\n") if p.strip()],
             sections=sections,
             lead=lead,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the signer (and dkimpy, cryptography) is loaded only when D
 # Per-recipient values. A template gets `slot("unsubscribe_url")` where the link goes.
 # `confirm_url` lets one rendering of the confirmation email serve every pending subscriber.
 SLOT_NAMES = ("to", "message_id", "date", "unsubscribe_url", "unsubscribe_token", "preferences_url",
-              "confirm_url")
+              "confirm_url", "topics", "first_digest")  # the last two: what a welcome tells its reader
 _SLOT_MARK = "@@nl-slot:{}@@"
 _CRLF = b"\r\n"
 

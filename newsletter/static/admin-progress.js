@@ -23,17 +23,19 @@
   function render(progress) {
     root.querySelectorAll("[data-field]").forEach(function (el) {
       var name = el.getAttribute("data-field");
-      if (name in progress && el.textContent !== String(progress[name])) {
-        el.textContent = progress[name];
+      // A number is shown as the server formatted it for the page's language ("1 234", "63,8 %").
+      var value = (name + "_text") in progress ? progress[name + "_text"] : progress[name];
+      if (value !== undefined && el.textContent !== String(value)) {
+        el.textContent = value;
       }
     });
     bar.value = progress.percent;
-    bar.textContent = progress.percent + " %";
-    bar.setAttribute("aria-valuetext", progress.percent + " %");
+    bar.textContent = progress.percent_text;
+    bar.setAttribute("aria-valuetext", progress.percent_text);
     root.setAttribute("data-status", progress.status);
-    root.querySelectorAll("[data-show-when]").forEach(function (form) {
-      var states = form.getAttribute("data-show-when").split(" ");
-      form.hidden = states.indexOf(progress.status) === -1;
+    root.querySelectorAll("[data-show-when]").forEach(function (element) {
+      var states = element.getAttribute("data-show-when").split(" ");
+      element.hidden = states.indexOf(progress.status) === -1;
     });
   }
 

@@ -3,7 +3,11 @@ when the outbox sends them; registered with the outbox by the app factory."""
 
 from __future__ import annotations
 
+from flask_babel import force_locale, gettext
+
+from newsletter.engine.clock import utcnow
 from newsletter.engine.prepared import slot
+from newsletter.i18n import moment_text
 from newsletter.mail import outbox as mail_queue
 from newsletter.mail.compose import prepare_message, render_email, smtp_address
 from newsletter.mail.personal import personal_values
@@ -11,6 +15,7 @@ from newsletter.models import (
     QueuedEmail,
     Subscriber,
 )
+from newsletter.schedule import next_digest_time
 from newsletter.subscriptions import tokens
 from newsletter.subscriptions.consent import signup_event_for
 
@@ -38,7 +43,18 @@ def _confirm_email(subscriber: Subscriber, cache: dict, row: QueuedEmail) -> byt
 def _welcome_email(subscriber: Subscriber, cache: dict, row: QueuedEmail) -> bytes | None:
     if subscriber.status != "confirmed":
         return None
-    return _prepared(cache, "welcome", subscriber.language, bulk=True).render(personal_values(subscriber))
+    return _prepared(cache, "welcome", subscriber.language, bulk=True).render(
+        {**personal_values(subscriber), **_welcome_values(subscriber)})
+
+
+def _welcome_values(subscriber: Subscriber) -> dict[str, str]:
+    """What the welcome email tells this person: their topics and when the first digest comes."""
+    language = subscriber.language
+    with force_locale(language):
+        topics = ", ".join(t.name(language) for t in subscriber.topics) or gettext("every topic")
+        first = next_digest_time(utcnow())
+        when = moment_text(first, language) if first else gettext("next week")
+    return {"topics": topics, "first_digest": when}
 
 
 @mail_queue.renderer("preferences_link")

@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import JSON, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.extensions import db
+from newsletter.i18n import N_, Problem, localized
 from newsletter.mail import outbox as mail_queue
 from newsletter.models import (
     CONSENT_SOURCES,
@@ -60,11 +62,23 @@ FALLBACK_ENCODING = "cp1252"  # Excel on Windows (Swedish and English) saves CSV
 
 # A person's status in an export, as ours: confirmed, pending, or one of the opt-outs.
 OPT_OUTS = {
-    "unsubscribed": "unsubscribed in the export", "bounced": "bounced in the export",
-    "complained": "complained in the export", "cleaned": "cleaned (bounced) in the Mailchimp export",
-    "blocklisted": "blocklisted in the listmonk export", "disabled": "disabled in the listmonk export",
+    "unsubscribed": N_("unsubscribed in the export: not imported"),
+    "bounced": N_("bounced in the export: not imported"),
+    "complained": N_("complained in the export: not imported"),
+    "cleaned": N_("cleaned (bounced) in the Mailchimp export: not imported"),
+    "blocklisted": N_("blocklisted in the listmonk export: not imported"),
+    "disabled": N_("disabled in the listmonk export: not imported"),
 }
 ACTIVE_HERE = ("pending", "confirmed")
+# What the admin's page says of a suppressed row, by the suppression's reason.
+SUPPRESSED_NOTICE = N_("on the suppression list: not imported")
+SUPPRESSED_NOTICES = {
+    "unsubscribed": N_("on the suppression list (unsubscribed): not imported"),
+    "bounced": N_("on the suppression list (bounced): not imported"),
+    "complained": N_("on the suppression list (complained): not imported"),
+    "erased": N_("on the suppression list (erased): not imported"),
+    "imported": N_("on the suppression list (opted out in an imported list): not imported"),
+}
 
 
 class ImportFailed(Exception):
@@ -72,7 +86,14 @@ class ImportFailed(Exception):
 
     def __init__(self, message: str, line: int | None = None):
         super().__init__(f"line {line}: {message}" if line else message)
-        self.line = line
+        self.line, self.problem = line, message
+
+    def localized(self) -> str:
+        """The message in the page's language."""
+        problem = localized(self.problem)
+        if not self.line:
+            return problem
+        return gettext("line %(line)s: %(problem)s", line=self.line, problem=problem)
 
 
 @dataclass
@@ -98,10 +119,18 @@ class ImportReport:
 
     def summary(self) -> str:
         what = "would be" if self.dry_run else "were"
-        return (f"{self.rows} rows ({self.layout}, {self.encoding}): {self.added} added, "
-                f"{self.updated} pending confirmed, {self.skipped} skipped ({len(self.errors)} invalid, "
-                f"{self.suppressed} suppressed, {self.opt_outs} opted out at the source); "
-                f"{self.confirmations_queued} confirmation emails {what} queued")
+        queued = self.confirmations_queued
+        what = what if queued != 1 else what.replace("were", "was")
+        return (f"{_count(self.rows, 'row')} ({self.layout}, {self.encoding}): {self.added} added, "
+                f"{self.updated} confirmed who were pending, {self.skipped} skipped "
+                f"({len(self.errors)} invalid, {self.suppressed} suppressed, "
+                f"{self.opt_outs} opted out at the source); "
+                f"{_count(queued, 'confirmation email')} {what} queued")
+
+
+def _count(number: int, noun: str) -> str:
+    """ "1 row", "2 rows": the command line's English, singular and plural."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 # --- reading the file: encoding, delimiter, lines --------------------------------------
@@ -150,13 +179,13 @@ def open_text(stream: IO, encoding: str | None, report: ImportReport) -> IO[str]
         try:
             codecs.lookup(encoding)
         except LookupError as exc:
-            raise ImportFailed(f"unknown encoding {encoding!r}") from exc
+            raise ImportFailed(Problem(N_("unknown encoding %(encoding)s"), encoding=repr(encoding))) from exc
     else:
         encoding = _guess_encoding(head)
         if encoding == FALLBACK_ENCODING:
-            report.warnings.append(
+            report.warnings.append(Problem(N_(
                 "the file is not UTF-8: it was read as Windows-1252 (Latin-1); check that names with "
-                "å, ä, ö look right, or save the file as 'CSV UTF-8' and import it again")
+                "å, ä, ö look right, or save the file as 'CSV UTF-8' and import it again")))
     report.encoding = encoding
     raw = _Prefixed(head, stream)
     return io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding, newline="")
@@ -182,7 +211,8 @@ def _records(text: IO[str]) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ImportFailed(f"the file is not valid CSV: {exc}", reader.line_num) from exc
+            raise ImportFailed(Problem(N_("the file is not valid CSV: %(detail)s"), detail=str(exc),
+                                       local=N_("the file is not valid CSV")), reader.line_num) from exc
         start, previous_end = previous_end + 1, reader.line_num
         if any(cell.strip() for cell in cells):
             yield start, cells
@@ -339,7 +369,7 @@ class RowReader:
             raise RowRejected(exc.reason) from None
         status = self.status(cells)
         if status in OPT_OUTS:
-            raise RowRejected(f"{OPT_OUTS[status]}: not imported", notice=True, opted_out=email)
+            raise RowRejected(Problem(OPT_OUTS[status]), notice=True, opted_out=email)
         try:
             name = clean_name(_unescape(self.name(cells)))
         except InvalidInput as exc:
@@ -356,7 +386,7 @@ class RowReader:
             return "" if value == "enabled" else value
         if value in ("", "confirmed", "subscribed", "pending") or value in OPT_OUTS:
             return value
-        raise RowRejected(f"unknown status {value[:20]!r}")
+        raise RowRejected(Problem(N_("unknown status %(value)s"), value=repr(value[:20])))
 
     def name(self, cells: list[str]) -> str:
         if self.layout.name == "mailchimp":
@@ -372,7 +402,7 @@ class RowReader:
             return self.default_language
         code = value.strip().lower().replace("_", "-").partition("-")[0]
         if code not in self.languages or has_forbidden_characters(value):
-            raise RowRejected(f"unknown language {value[:20]!r}")
+            raise RowRejected(Problem(N_("unknown language %(value)s"), value=repr(value[:20])))
         return code
 
     def attributes(self, cells: list[str]) -> dict:
@@ -407,11 +437,11 @@ class RowReader:
 
     def parse_topics(self, value: str) -> list[int]:
         if has_forbidden_characters(value):
-            raise RowRejected("line break or control character in the topics")
+            raise RowRejected(Problem(N_("line break or control character in the topics")))
         wanted = [s for s in re.split(r"[;,|]+", value.lower()) if s.strip()]
         unknown = [s.strip() for s in wanted if s.strip() not in self.topics]
         if unknown:
-            raise RowRejected(f"unknown topic: {', '.join(unknown)[:80]}")
+            raise RowRejected(Problem(N_("unknown topic: %(topics)s"), topics=", ".join(unknown)[:80]))
         return sorted({self.topics[s.strip()] for s in wanted})
 
     def evidence(self, cells: list[str]) -> dict[str, str]:
@@ -441,7 +471,8 @@ class BulkInsert:
         self.connection = db.session.connection()
         dialect = self.dialect = self.connection.dialect
         if dialect.name not in ("postgresql", "sqlite"):
-            raise ImportFailed(f"bulk import is not supported on {dialect.name}")
+            raise ImportFailed(Problem(N_("bulk import is not supported on %(database)s"),
+                                       database=dialect.name))
         quote = dialect.identifier_preparer.quote
         self.columns, self.returning = columns, bool(returning)
         self.processors = [self._processor(table.c[name]) for name in columns]
@@ -532,7 +563,9 @@ class Writer:
         refused = suppression.suppressed([r.email for r in fresh])
         for row in fresh:
             if row.email in refused:
-                self.report.notices.append((row.line, f"suppressed ({refused[row.email]}): not imported"))
+                self.report.notices.append((row.line, Problem(
+                    N_("suppressed (%(reason)s): not imported"), reason=refused[row.email],
+                    local=SUPPRESSED_NOTICES.get(refused[row.email], SUPPRESSED_NOTICE))))
                 self.report.skipped += 1
                 self.report.suppressed += 1
         fresh = [r for r in fresh if r.email not in refused]
@@ -590,7 +623,9 @@ class Writer:
         for row in rows:
             sid, status = existing[row.email]
             if status not in ACTIVE_HERE:
-                self.report.notices.append((row.line, f"{status} here: not subscribed again by an import"))
+                self.report.notices.append((row.line, Problem(
+                    N_("%(status)s here: not subscribed again by an import"), status=status,
+                    local=N_("has left the list here: not subscribed again by an import"))))
                 self.report.suppressed += 1
             elif row.email in held:
                 self.report.notices.append((row.line, f"suppressed ({held[row.email]}): left pending until "
@@ -635,9 +670,12 @@ def import_csv(stream: IO, *, confirmed: bool, source: str, filename: str, actor
         db.session.rollback()
         where = f" after line {report.last_line}" if report.last_line else ""
         if isinstance(exc, UnicodeDecodeError):
-            raise ImportFailed(f"the file is not valid {report.encoding}{where}: nothing was imported; "
-                               "save it as UTF-8 (or give its encoding) and import it again") from exc
-        raise ImportFailed(f"import failed{where}, nothing was imported: {_short(exc)}") from exc
+            raise ImportFailed(Problem(N_(
+                "the file is not valid %(encoding)s%(where)s: nothing was imported; save it as UTF-8 "
+                "(or give its encoding) and import it again"),
+                encoding=report.encoding, where=where)) from exc
+        raise ImportFailed(Problem(N_("import failed%(where)s, nothing was imported: %(detail)s"),
+                                   where=where, detail=_short(exc))) from exc
     except BaseException:
         db.session.rollback()
         raise
@@ -660,7 +698,7 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
     records = _records(open_text(stream, encoding, report))
     first = next(records, None)
     if first is None:
-        raise ImportFailed("the file is empty")
+        raise ImportFailed(Problem(N_("the file is empty")))
     line, header = first
     layout = detect_layout(header)
     pending_first: list[tuple[int, list[str]]] = []
@@ -669,8 +707,9 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
             layout = Layout("addresses", {}, 0)
             pending_first.append(first)
         else:
-            raise ImportFailed("no email column: the first line must name the columns (email, name, "
-                               "language, topics), or be a Mailchimp or listmonk export", line)
+            raise ImportFailed(Problem(N_(
+                "no email column: the first line must name the columns (email, name, language, topics), "
+                "or be a Mailchimp or listmonk export")), line)
     report.layout = layout.name
     reader = RowReader(layout)
     writer = Writer(report, confirmed=confirmed, source=source, filename=report.filename,
@@ -683,7 +722,7 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
         try:
             row = reader.read(line, cells)
             if row.email in seen:
-                raise RowRejected(f"duplicate of line {seen[row.email]}")
+                raise RowRejected(Problem(N_("duplicate of line %(line)s"), line=seen[row.email]))
         except RowRejected as rejected:
             (report.notices if rejected.notice else report.errors).append((line, rejected.reason))
             report.skipped += 1
@@ -704,7 +743,7 @@ def _import(stream: IO, report: ImportReport, *, confirmed: bool, source: str, a
         report.opt_outs += suppression.suppress(opted_out, reason="imported", source=source)
     if reader.ignored_tags:
         tags = ", ".join(sorted(reader.ignored_tags)[:20])
-        report.warnings.append(f"tags that name no topic were ignored: {tags}")
+        report.warnings.append(Problem(N_("tags that name no topic were ignored: %(tags)s"), tags=tags))
 
 
 def _chain_records(first: list, rest: Iterator) -> Iterator:

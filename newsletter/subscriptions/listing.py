@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from flask import current_app
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, func, or_, select, text
 
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, Delivery, Subscriber
@@ -31,9 +31,11 @@ class SubscriberFilter:
 
     def apply(self, query: Select) -> Select:
         if self.q:
-            # Addresses are stored lower-cased: a case-insensitive substring match (% and _ escaped).
+            # Addresses are stored lower-cased: a case-insensitive substring match (% and _ escaped)…
             needle = self.q.strip().lower()[:MAX_QUERY]
-            query = query.where(Subscriber.email.contains(needle, autoescape=True))
+            # …or a part of the name, whatever its case.
+            query = query.where(or_(Subscriber.email.contains(needle, autoescape=True),
+                                    func.lower(Subscriber.name).contains(needle, autoescape=True)))
         if self.status:
             query = query.where(Subscriber.status == self.status)
         if self.language:

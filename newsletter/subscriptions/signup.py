@@ -29,17 +29,26 @@ from newsletter.subscriptions.validation import (
     canonical_mailbox,
     check_language,
     check_topics,
+    clean_name,
     normalise_email,
     validate_signup,
 )
 
 
 class SubscriberExists(ValueError):
-    """add_subscriber was given an address that is already on the list."""
+    """add_subscriber was given an address that is already on the list; `status` is theirs."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
 
 
 class LinkSuperseded(tokens.TokenError):
     """A well-signed confirmation link that no longer applies (unsubscribed since)."""
+
+
+class SubscriberErased(tokens.TokenError):
+    """A well-signed link whose person has since been erased: nothing is left for it to open."""
 
 
 # --- lookups ----------------------------------------------------------------------
@@ -167,12 +176,21 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
     db.session.flush()
 
 
+def resend_confirmation(subscriber: Subscriber) -> bool:
+    """Send a pending person their confirmation again (an admin's button): False when they are
+    not pending, or had one within CONFIRM_RESEND_MINUTES."""
+    if subscriber.status != "pending" or not _resend_due(subscriber):
+        return False
+    _queue_confirmation(subscriber)
+    return True
+
+
 def subscriber_for_confirm(token: str) -> Subscriber:
     """The subscriber a confirmation token is for, without changing anything (GET is scanner-safe)."""
     data = tokens.read_confirm_token(token)
     subscriber = subscriber_by_uid(data.uid)
     if subscriber is None:
-        raise tokens.TokenError("no such subscriber")
+        raise SubscriberErased("no such subscriber")
     if subscriber.generation != data.generation or subscriber.status not in ("pending", "confirmed"):
         raise LinkSuperseded("the subscription was ended after this link was sent")
     return subscriber
@@ -231,6 +249,13 @@ def update_preferences(subscriber: Subscriber, *, topics, language, source: str 
     db.session.flush()
 
 
+def edit_subscriber(subscriber: Subscriber, *, name, topics, language) -> None:
+    """An admin changes someone's name, topics or language (a ledger event with source "admin")."""
+    subscriber.name = clean_name(name)
+    update_preferences(subscriber, topics=topics, language=language, source="admin")
+    db.session.flush()
+
+
 def request_preferences_link(email, *, ip: str = "", user_agent: str = "") -> None:
     """Email a fresh preferences link if the address is known; the caller cannot tell."""
     address = normalise_email(email)
@@ -257,8 +282,9 @@ def add_subscriber(email, *, name: str = "", language: str | None = None, topics
     """
     address, chosen, language, name = validate_signup(email, topics=topics, language=language, name=name)
     suppression.check_not_suppressed(address)
-    if find_subscriber(address) is not None:
-        raise SubscriberExists(f"{address} is already on the list")
+    existing = find_subscriber(address)
+    if existing is not None:
+        raise SubscriberExists(f"{address} is already on the list ({existing.status})", existing.status)
     now = utcnow()
     subscriber = Subscriber(email=address, name=name, language=language, topics=chosen,
                             status="confirmed" if confirmed else "pending",

@@ -89,6 +89,22 @@ def read_subscriber_token(purpose: str, token: str) -> TokenData:
     return TokenData(uid=_uid(read_token(purpose, token)))
 
 
+# The uid in the links of a test message: real uids are random and never this value.
+TEST_UID = "test-message"
+
+
+def test_link_url(purpose: str) -> str:
+    """A link of a test message: the real link's shape, leading to a page that says it was a test."""
+    return public_url(f"/{purpose}/{make_token(purpose, TEST_UID)}")
+
+
+def is_test_link(purpose: str, token: str) -> bool:
+    try:
+        return read_token(purpose, token) == TEST_UID
+    except TokenError:
+        return False
+
+
 def public_url(path: str) -> str:
     return current_app.config["PUBLIC_URL"] + path
 

@@ -112,7 +112,8 @@ def topics_by_slugs(slugs) -> list[Topic]:
         catalogue = _catalogue()
         unknown = wanted - set(catalogue)
     if unknown:
-        raise ValueError(f"unknown topic: {', '.join(sorted(unknown))}")
+        known = ", ".join(sorted(catalogue)) or "none yet"
+        raise ValueError(f"unknown topic: {', '.join(sorted(unknown))} (the topics are: {known})")
     return attached([catalogue[slug] for slug in sorted(wanted)])
 
 

@@ -6,6 +6,7 @@ import unicodedata
 
 from flask import current_app
 
+from newsletter.i18n import N_, Problem
 from newsletter.models import (
     Topic,
 )
@@ -40,12 +41,12 @@ def has_forbidden_characters(value: str) -> bool:
 def normalise_email(raw: object) -> str:
     """The address normalised by email-validator (IDN domain as Unicode) and lower-cased."""
     if not isinstance(raw, str) or not raw.strip():
-        raise InvalidInput("email", "empty address")
+        raise InvalidInput("email", Problem(N_("empty address")))
     if has_forbidden_characters(raw):
-        raise InvalidInput("email", "line break or control character in the address")
+        raise InvalidInput("email", Problem(N_("line break or control character in the address")))
     raw = raw.strip()
     if len(raw) > MAX_EMAIL_LENGTH:
-        raise InvalidInput("email", "address too long")
+        raise InvalidInput("email", Problem(N_("address too long")))
     # Imported here: its tables cost ~20 ms at start-up, and every process (a digest send,
     # the scheduler) imports this module without ever validating an address.
     from email_validator import EmailNotValidError, validate_email
@@ -53,7 +54,8 @@ def normalise_email(raw: object) -> str:
     try:
         info = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput("email", f"invalid address: {exc}") from exc
+        raise InvalidInput("email", Problem(N_("invalid address: %(detail)s"), detail=str(exc),
+                                              local=N_("not a valid email address"))) from exc
     return info.normalized.lower()
 
 
@@ -68,10 +70,10 @@ def clean_name(raw: object) -> str:
     if raw is None:
         return ""
     if not isinstance(raw, str) or has_forbidden_characters(raw):
-        raise InvalidInput("name", "line break or control character in the name")
+        raise InvalidInput("name", Problem(N_("line break or control character in the name")))
     name = " ".join(raw.split())
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput("name", "name too long")
+        raise InvalidInput("name", Problem(N_("name too long")))
     return name
 
 
@@ -79,7 +81,8 @@ def check_language(language: object) -> str:
     if language in (None, ""):
         return current_app.config["DEFAULT_LOCALE"]
     if not isinstance(language, str) or language.strip().lower() not in current_app.config["LANGUAGES"]:
-        raise InvalidInput("language", f"unknown language {str(language)[:20]!r}")
+        raise InvalidInput("language", Problem(N_("unknown language %(value)s"),
+                                               value=repr(str(language)[:20])))
     return language.strip().lower()
 
 

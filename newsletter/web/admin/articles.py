@@ -19,7 +19,7 @@ from newsletter.subscriptions.topics import ensure_topics
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
 from newsletter.web.admin.content_forms import ArticleForm, FeedForm, topic_choices
-from newsletter.web.admin.labels import feed_refusal
+from newsletter.web.admin.labels import feed_problem, feed_refusal
 
 RECENT_DAYS = 60
 
@@ -283,5 +283,5 @@ def _flash_result(results) -> None:
     flash(_("Fetched: %(added)d new and %(updated)d updated articles.", added=added, updated=updated),
           "success")
     for result in failed:
-        flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=result.error), "error")
-
+        flash(_("%(url)s could not be fetched: %(error)s", url=result.url, error=feed_problem(result.error)),
+              "error")

@@ -60,7 +60,7 @@ def load_admin(session_id: str) -> Admin | None:
 def unauthorized():
     """Admin pages send to the login page (nothing else); anything else gets a bare 401."""
     if request.blueprint == "admin":
-        if request.method == "GET":
+        if request.method == "GET" and accounts.admin_count():  # before set-up, no login to ask for
             flash(login.login_message, "info")
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
         return redirect(url_for("admin.login"))
@@ -236,6 +236,7 @@ def login_page():
         known = accounts.admin_by_email(form.email.data)
         if known is not None:
             audit.record("login_failed", known.email, actor="anonymous")
+            db.session.commit()  # kept although the answer is 401 (which rolls a request back)
         flash(_("Wrong email address or password."), "error")
         return render_template("admin/login.html", form=form), 401
     return render_template("admin/login.html", form=form), (400 if form.errors else 200)
@@ -275,6 +276,7 @@ def setup():
         else:
             session.clear()
             login_user(admin)
+            accounts.mark_logged_in(admin)
             audit.record("admin_setup", admin.email, actor=admin)
             flash(_("Welcome! Your admin account is ready."), "info")
             return redirect(url_for("admin.dashboard"))

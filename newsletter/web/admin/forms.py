@@ -99,6 +99,15 @@ class ButtonForm(FlaskForm):
     submit = SubmitField(_l("OK"))
 
 
+class SubscriberEditForm(FlaskForm):
+    """What an admin may change for someone: name, language and topics (not the address)."""
+
+    name = StringField(_l("Name (optional)"), validators=[Optional(), Length(max=200)])
+    language = RadioField(_l("Language"), choices=LANGUAGE_CHOICES)
+    topics = MultiCheckboxField(_l("Topics"), choices=[])
+    submit = SubmitField(_l("Save the changes"))
+
+
 class SubscriberAddForm(FlaskForm):
     email = EmailField(_l("Email address"), validators=[InputRequired(), Length(max=320)])
     name = StringField(_l("Name (optional)"), validators=[Optional(), Length(max=200)])
@@ -135,7 +144,7 @@ class FilterForm(FlaskForm):
     class Meta:
         csrf = False
 
-    q = StringField(_l("Search by address"), validators=[Optional(), Length(max=320)])
+    q = StringField(_l("Search by address or name"), validators=[Optional(), Length(max=320)])
     status = SelectField(_l("State"), validators=[Optional()])
     topic = SelectField(_l("Topic"), validators=[Optional()])
     language = SelectField(_l("Language"), validators=[Optional()])

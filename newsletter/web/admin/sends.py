@@ -7,7 +7,7 @@ browser changes nothing, and the page picks the progress up again when it is ope
 from __future__ import annotations
 
 from flask import current_app, flash, jsonify, redirect, render_template, url_for
-from flask_babel import format_decimal
+from flask_babel import format_decimal, format_number
 from flask_babel import gettext as _
 from sqlalchemy import func, select
 
@@ -16,6 +16,7 @@ from newsletter.admins import audit
 from newsletter.delivery import totals
 from newsletter.digests import clicks
 from newsletter.extensions import db
+from newsletter.i18n import percent_text
 from newsletter.models import Delivery, Digest
 from newsletter.web.admin import bp
 from newsletter.web.admin.auth import role_required
@@ -55,8 +56,11 @@ def progress_view(digest_id: int) -> dict:
         percent = 100.0 * finished / total
     else:  # a send to nobody is complete once it is done
         percent = 100.0 if progress["status"] == "done" else 0.0
+    progress.update({f"{name}_text": format_number(progress[name])
+                     for name in ("sent", "failed", "bounced", "skipped", "total")})
     progress.update(
         finished=finished, remaining=remaining, percent=round(percent, 1),
+        percent_text=percent_text(percent / 100), remaining_text=format_number(remaining),
         status_label=status_label(progress["status"]),
         rate_text=_("%(rate)s per second", rate=format_decimal(progress.get("rate") or 0, "0.#")),
         # Only a running send has a time left; a paused one would otherwise show its last estimate.

@@ -18,6 +18,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_login import current_user
 from wtforms import SelectChoice
@@ -44,6 +45,7 @@ from newsletter.web.admin.forms import (
     FilterForm,
     ImportForm,
     SubscriberAddForm,
+    SubscriberEditForm,
 )
 from newsletter.web.admin.labels import subscriber_state, suppression_label
 
@@ -79,9 +81,7 @@ def _filter_form(topics, locale: str) -> tuple[FilterForm, SubscriberFilter]:
 @bp.get("/subscribers")
 @role_required("editor")
 def subscribers():
-    """The list: search by address, filter by state, topic and language, newest first."""
-    from flask_babel import get_locale
-
+    """The list: search by address or name, filter by state, topic and language, newest first."""
     locale = str(get_locale())
     topics = ensure_topics()
     form, flt = _filter_form(topics, locale)
@@ -96,8 +96,39 @@ def subscribers():
 def subscribers_detail(subscriber_id: int):
     """One subscriber: their data, topics, consent events and deliveries."""
     subscriber = db.get_or_404(Subscriber, subscriber_id)
+    form = _edit_form(SubscriberEditForm(formdata=None, name=subscriber.name, language=subscriber.language,
+                                         topics=subscriptions.topic_slugs(subscriber)))
+    return _detail_page(subscriber, form)
+
+
+def _edit_form(form):
+    form.topics.choices = [SelectChoice(t.slug, t.name(str(get_locale()))) for t in ensure_topics()]
+    return form
+
+
+def _detail_page(subscriber: Subscriber, edit_form, status: int = 200):
     return render_template("admin/subscriber.html", subscriber=subscriber, events=consent_events(subscriber),
-                           deliveries=delivery_counts(subscriber), button=ButtonForm())
+                           deliveries=delivery_counts(subscriber), button=ButtonForm(),
+                           edit_form=edit_form), status
+
+
+@bp.post("/subscribers/<int(max=2147483647):subscriber_id>/edit")
+@role_required("editor")
+def subscribers_edit(subscriber_id: int):
+    """Change someone's name, language and topics (recorded in the consent ledger as the admin's)."""
+    subscriber = db.get_or_404(Subscriber, subscriber_id)
+    form = _edit_form(SubscriberEditForm())
+    if form.validate_on_submit():
+        try:
+            subscriptions.edit_subscriber(subscriber, name=form.name.data or "",
+                                          topics=form.topics.data or [], language=form.language.data)
+        except subscriptions.InvalidInput:
+            form.name.errors = [*form.name.errors, _("The name is too long or contains a line break.")]
+        else:
+            audit.record("subscriber_edited", _target(subscriber))
+            flash(_("The changes are saved."), "success")
+            return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id), 303)
+    return _detail_page(subscriber, form, 400)
 
 
 def _add_error(form: SubscriberAddForm, exc: subscriptions.InvalidInput) -> None:
@@ -133,8 +164,14 @@ def subscribers_new():
                     form.email.data, name=form.name.data or "", language=form.language.data,
                     topics=form.topics.data or [], confirmed=confirmed, source="admin",
                     detail={"note": note, "by": current_user.email, "ip": client_ip()})
-            except subscriptions.SubscriberExists:
-                form.email.errors = [*form.email.errors, _("That address is already on the list.")]
+            except subscriptions.SubscriberExists as exc:
+                form.email.errors = [*form.email.errors, {
+                    "unsubscribed": _("That address has unsubscribed: it is not added back. Only they "
+                                      "can subscribe again, through the form."),
+                    "bounced": _("That address bounced: its mail server refused it, so it is not "
+                                 "added back."),
+                    "complained": _("That address reported a digest as spam: it is not added back."),
+                }.get(exc.status, _("That address is already on the list."))]
             except suppression.Suppressed as exc:
                 db.session.rollback()
                 form.email.errors = [*form.email.errors, _(
@@ -164,6 +201,21 @@ def subscribers_unsubscribe(subscriber_id: int):
         audit.record("subscriber_unsubscribed", _target(subscriber))
         flash(_("Unsubscribed."), "success")
     return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id))
+
+
+@bp.post("/subscribers/<int(max=2147483647):subscriber_id>/resend")
+@role_required("editor")
+def subscribers_resend(subscriber_id: int):
+    """Send a pending person their confirmation email again."""
+    subscriber = db.get_or_404(Subscriber, subscriber_id)
+    if not ButtonForm().validate_on_submit():
+        abort(400)
+    if subscriptions.resend_confirmation(subscriber):
+        audit.record("subscriber_confirmation_resent", _target(subscriber))
+        flash(_("A new confirmation email is on its way."), "success")
+    else:
+        flash(_("No email was sent: they are not pending, or got one a few minutes ago."), "error")
+    return redirect(url_for("admin.subscribers_detail", subscriber_id=subscriber.id), 303)
 
 
 @bp.route("/subscribers/<int(max=2147483647):subscriber_id>/erase", methods=["GET", "POST"])
@@ -220,7 +272,7 @@ def subscribers_import():
                 command="admin upload" + (" (confirmed by the admin)" if confirmed else ""))
         except imports.ImportFailed as exc:
             form.file.errors = [*form.file.errors,
-                                _("Nothing was imported: %(reason)s", reason=str(exc))]
+                                _("Nothing was imported: %(reason)s", reason=exc.localized())]
         else:
             audit.record("subscribers_imported", filename, added=report.added, updated=report.updated,
                          skipped=report.skipped, errors=len(report.errors), confirmed=confirmed,

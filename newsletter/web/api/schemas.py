@@ -281,6 +281,7 @@ def subscriber_list_params() -> list[dict]:
         {"name": "status", "in": "query", "required": False,
          "schema": {"type": "string", "enum": list(SUBSCRIBER_STATES)}},
         {"name": "topic", "in": "query", "required": False,
+         "description": "Those who get this topic: who chose it, and who follow every topic (chose none).",
          "schema": {"type": "string", "enum": topic_slugs()}},
         {"name": "language", "in": "query", "required": False,
          "schema": {"type": "string", "enum": languages()}},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 from flask import current_app
@@ -42,39 +41,26 @@ def topic_choices(topics, locale: str) -> list[SelectChoice]:
     return [SelectChoice(t.slug, t.name(locale)) for t in topics]
 
 
-def signup_timestamp() -> str:
-    """A signed 'the form was shown at' stamp, for the minimum fill time."""
-    return tokens.make_token("signup-form", time.time())
+SECOND_STEP_MAX_AGE = 3600  # seconds: the "press Subscribe again" page is answered soon or not at all
 
 
-def stamp_verdict(stamp: str | None) -> str:
-    """What the form's stamp says: "ok"; "expired" (older than SIGNUP_STAMP_MAX_AGE: a person
-    may have left the page open, ask again); or "bot": missing, forged, too fresh, or used more
-    than SIGNUP_STAMP_USES times (a replayed stamp)."""
-    config = current_app.config
+def signup_timestamp(second_step: bool = False) -> str:
+    """A signed 'the form was shown at' stamp, for the minimum fill time. The stamp of the second
+    step (the page that asks a quick person to press Subscribe again) carries no minimum."""
+    return tokens.make_token("signup-form", [time.time(), "again"] if second_step else time.time())
+
+
+def filled_too_fast(stamp: str | None) -> bool:
+    """True for a missing, forged or too fresh stamp: perhaps not filled in by a person. Such a
+    post is never silently dropped: the person is asked to press Subscribe again."""
     try:
-        shown_at = float(tokens.read_token("signup-form", stamp or "",
-                                           max_age=config["SIGNUP_STAMP_MAX_AGE"]))
-    except tokens.TokenExpired:
-        return "expired"
-    except (tokens.TokenError, TypeError, ValueError, OverflowError):
-        return "bot"
-    if time.time() - shown_at < config["SIGNUP_MIN_SECONDS"]:
-        return "bot"
-    return "ok" if _stamp_use_allowed(stamp or "") else "bot"
-
-
-def _stamp_use_allowed(stamp: str) -> bool:
-    """Count the stamp's uses in the rate limiter's storage (shared by every worker)."""
-    from limits import RateLimitItemPerSecond
-
-    from newsletter.extensions import limiter
-
-    if not limiter.enabled:
+        shown = tokens.read_token("signup-form", stamp or "")
+        if isinstance(shown, list) and len(shown) == 2 and shown[1] == "again":
+            return not 0 <= time.time() - float(shown[0]) < SECOND_STEP_MAX_AGE
+        shown_at = float(shown)
+    except (tokens.TokenError, TypeError, ValueError):
         return True
-    config = current_app.config
-    item = RateLimitItemPerSecond(config["SIGNUP_STAMP_USES"], config["SIGNUP_STAMP_MAX_AGE"])
-    return limiter.limiter.hit(item, "signup-stamp", hashlib.sha256(stamp.encode()).hexdigest())
+    return time.time() - shown_at < current_app.config["SIGNUP_MIN_SECONDS"]
 
 
 class SubscribeForm(FlaskForm):

@@ -18,6 +18,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask_babel import gettext as _
@@ -40,8 +41,8 @@ from newsletter.web.public.forms import (
     PreferencesForm,
     RequestLinkForm,
     SubscribeForm,
+    filled_too_fast,
     signup_timestamp,
-    stamp_verdict,
     topic_choices,
 )
 
@@ -188,6 +189,8 @@ def _token_error(exc: Exception):
         return render_template("public/token_error.html", reason="expired"), 410
     if isinstance(exc, subscriptions.LinkSuperseded):
         return render_template("public/token_error.html", reason="superseded"), 410
+    if isinstance(exc, subscriptions.SubscriberErased):
+        return render_template("public/token_error.html", reason="erased"), 410
     return render_template("public/token_error.html", reason="invalid"), 400
 
 
@@ -202,15 +205,27 @@ def _subscribe_form(form: SubscribeForm | None = None) -> SubscribeForm:
     return form
 
 
-def _check_inbox():
-    """The one answer to every accepted signup, whatever the address's state, and at the same
-    time: never sooner than SIGNUP_RESPONSE_SECONDS after the request came in."""
-    _answer_no_sooner_than(current_app.config["SIGNUP_RESPONSE_SECONDS"])
+def _check_inbox(address: str | None = None):
+    """The one answer to every accepted signup, whatever the address's state. The page repeats
+    the address as it was typed (a typo shows) and its language switch keeps the page."""
+    _answer_no_sooner_than(current_app.config["SIGNUP_RESPONSE_SECONDS"])  # its time tells nothing
     message = _("Thank you! Check your inbox: if the address can be subscribed, we have sent an "
                 "email with a link to confirm your subscription.")
     if request.is_json:
         return jsonify(ok=True, message=message)
-    return render_template("public/check_inbox.html", message=message)
+    if address:
+        session["signup_address"] = address
+    return render_template("public/check_inbox.html", message=message, address=address,
+                           lang_base=url_for("public.subscribe_sent") if address else "")
+
+
+@bp.get("/subscribe/sent")
+def subscribe_sent():
+    """The "check your inbox" page again (after a change of language), for this browser's signup."""
+    address = session.get("signup_address")
+    if not address:
+        return redirect(url_for("public.subscribe"))
+    return _check_inbox(address)
 
 
 def _answer_no_sooner_than(seconds: float) -> None:
@@ -244,17 +259,18 @@ def subscribe():
         form = _subscribe_form(SubscribeForm())
         if not form.validate():
             return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
-        verdict = stamp_verdict(form.started.data)
-        if verdict == "expired" and not form.website.data:
-            flash(_("The form had been open for a long time. Check your choices and send it again."), "info")
-            return render_template("public/subscribe.html", form=form, started=signup_timestamp()), 400
-        if form.website.data or verdict != "ok":
-            log.info("signup dropped as a bot (honeypot, fill time or a replayed stamp) from %s", client_ip())
-            return _check_inbox()
+        if form.website.data:
+            log.info("signup dropped as a bot (honeypot) from %s", client_ip())
+            return _check_inbox(form.email.data)
+        if filled_too_fast(form.started.data):  # autofill and a quick click, or a bot: one more step
+            return render_template("public/subscribe.html", form=form,
+                                   started=signup_timestamp(second_step=True), again=True)
         subscriptions.request_signup(form.email.data, topics=form.topics.data, language=form.language.data,
                                      source="form", **_request_meta())
-        return _check_inbox()
-    return render_template("public/subscribe.html", form=_subscribe_form(), started=signup_timestamp())
+        return _check_inbox(form.email.data)
+    form = _subscribe_form()
+    form.email.data = (request.args.get("email") or "")[:254] or None  # "correct it": the address again
+    return render_template("public/subscribe.html", form=form, started=signup_timestamp())
 
 
 @bp.get("/subscribe/start")
@@ -280,13 +296,12 @@ def _subscribe_json():
                                       name=data.get("name") or "")
     except subscriptions.InvalidInput as exc:
         return jsonify(ok=False, error="invalid", field=exc.field, message=_field_message(exc.field)), 400
-    verdict = stamp_verdict(data.get("started"))
-    if verdict == "expired" and not data.get("website"):
-        return jsonify(ok=False, error="form_expired", started=signup_timestamp(),
-                       message=_("The form had been open for a long time. Send it again.")), 400
-    if data.get("website") or verdict != "ok":
-        log.info("embedded signup dropped as a bot (honeypot or fill time) from %s", client_ip())
+    if data.get("website"):
+        log.info("embedded signup dropped as a bot (honeypot) from %s", client_ip())
         return _check_inbox()
+    if filled_too_fast(data.get("started")):  # never a promise of a mail that will not come
+        return jsonify(ok=False, error="too_fast", started=signup_timestamp(second_step=True),
+                       message=_("That was quick! Press Subscribe once more to confirm.")), 400
     subscriptions.request_signup(data["email"], topics=topics, language=data.get("language"),
                                  name=data.get("name") or "", source="embed", **_request_meta())
     return _check_inbox()
@@ -328,6 +343,8 @@ def confirm(token: str):
 @csrf.exempt  # RFC 8058: the one-click POST comes from a mail provider, without cookie or token
 def unsubscribe(token: str):
     """GET shows a button; POST (also the RFC 8058 one-click target) unsubscribes: 200, idempotent."""
+    if tokens.is_test_link("unsubscribe", token):
+        return render_template("public/test_link.html")
     try:
         subscriber = subscriptions.subscriber_from_token("unsubscribe", token)
     except tokens.TokenError as exc:
@@ -340,9 +357,12 @@ def unsubscribe(token: str):
                 totals.count_for_latest_send(subscriber.id, "unsubscribes")
             subscriptions.unsubscribe(subscriber, source="email" if one_click else "form", **_request_meta())
         return render_template("public/unsubscribed.html")
-    if subscriber is None or subscriber.status == "unsubscribed":
+    if subscriber is None:  # erased: the link answers (as its one-click POST must) and says why
+        return render_template("public/token_error.html", reason="erased")
+    if subscriber.status == "unsubscribed":
         return render_template("public/unsubscribed.html")
-    return render_template("public/unsubscribe.html", subscriber=subscriber)
+    return render_template("public/unsubscribe.html", subscriber=subscriber,
+                           preferences_url=tokens.preferences_url(subscriber))
 
 
 # --- preferences ------------------------------------------------------------------------------
@@ -351,7 +371,7 @@ def unsubscribe(token: str):
 def _preferences_subscriber(token: str):
     subscriber = subscriptions.subscriber_from_token("preferences", token)
     if subscriber is None:
-        raise tokens.TokenError("no such subscriber")
+        raise subscriptions.SubscriberErased("no such subscriber")
     _use_language_of(subscriber)
     return subscriber
 
@@ -359,6 +379,8 @@ def _preferences_subscriber(token: str):
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):
     """Topics and language; links to the data download, erasure and unsubscribe."""
+    if tokens.is_test_link("preferences", token):
+        return render_template("public/test_link.html")
     try:
         subscriber = _preferences_subscriber(token)
     except tokens.TokenError as exc:
