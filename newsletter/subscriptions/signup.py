@@ -75,7 +75,7 @@ def subscriber_from_token(purpose: str, token: str) -> Subscriber | None:
 # --- signup and confirmation --------------------------------------------------------
 
 
-def _resend_due(subscriber: Subscriber, *, new: bool = False) -> bool:
+def _resend_due(subscriber: Subscriber, *, new: bool = False, mailbox: bool = True) -> bool:
     """A confirmation may go out: none to this address, nor to its mailbox however spelt (a
     +tag, upper case), within CONFIRM_RESEND_MINUTES, and fewer than CONFIRM_MAX_PER_MAILBOX
     to the mailbox in the last day."""
@@ -84,6 +84,8 @@ def _resend_due(subscriber: Subscriber, *, new: bool = False) -> bool:
     sent = subscriber.confirmation_sent_at
     if not new and sent is not None and now - sent < window:
         return False
+    if not mailbox:  # an admin's deliberate resend: only this address's own window
+        return True
     mailbox = canonical_mailbox(subscriber.email)
     local, _, domain = mailbox.rpartition("@")
     tagged = f"{_like_escape(local)}+%@{_like_escape(domain)}"
@@ -179,7 +181,7 @@ def request_signup(email, *, topics, language, name: str = "", source: str = "fo
 def resend_confirmation(subscriber: Subscriber) -> bool:
     """Send a pending person their confirmation again (an admin's button): False when they are
     not pending, or had one within CONFIRM_RESEND_MINUTES."""
-    if subscriber.status != "pending" or not _resend_due(subscriber):
+    if subscriber.status != "pending" or not _resend_due(subscriber, mailbox=False):
         return False
     _queue_confirmation(subscriber)
     return True
