@@ -7,14 +7,11 @@ import logging
 from flask import current_app
 from sqlalchemy import func, select
 
+from newsletter.admins.notify import email_admins
 from newsletter.delivery import totals
 from newsletter.engine.clock import utcnow
-from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
-from newsletter.mail import compose as mail
-from newsletter.mail import outbox as mail_queue
-from newsletter.mail.transports import transport_from_url
-from newsletter.models import Admin, Delivery, Digest
+from newsletter.models import Delivery, Digest
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +49,4 @@ def send_summary(digest_id: int, reason: str) -> int:
     Sent at once; what the server does not take now goes through the mail queue."""
     if reason not in REASONS:
         raise ValueError(f"unknown reason {reason!r}")
-    admins = list(db.session.execute(select(Admin).where(Admin.active.is_(True))).scalars())
-    if not admins:
-        return 0
-    context = summary_context(digest_id, reason)
-    transport = None
-    queued = 0
-    try:
-        for admin in admins:
-            locale = admin.language if admin.language in current_app.config["LANGUAGES"] else \
-                current_app.config["DEFAULT_LOCALE"]
-            message = mail.build_email("send_summary", admin.email, locale, **context)
-            try:
-                transport = transport or transport_from_url()
-                transport.send(mail.envelope_sender(), admin.email, message)
-            except MailError as exc:
-                log.warning("summary to %s not sent now (%s): queued", admin.email, exc)
-                mail_queue.enqueue("send_summary", to=admin.email, message=message)
-                queued += 1
-    finally:
-        if transport is not None:
-            transport.close()
-    if queued:
-        db.session.commit()
-        mail_queue.wake()
-    return len(admins)
+    return email_admins("send_summary", **summary_context(digest_id, reason))

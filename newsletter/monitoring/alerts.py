@@ -15,13 +15,10 @@ from flask import current_app
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from newsletter.admins.notify import email_admins
 from newsletter.engine.clock import utcnow
-from newsletter.engine.smtp import MailError
 from newsletter.extensions import db
-from newsletter.mail import compose as mail
-from newsletter.mail import outbox as mail_queue
-from newsletter.mail.transports import transport_from_url
-from newsletter.models import Admin, SchedulerLock
+from newsletter.models import SchedulerLock
 from newsletter.monitoring.heartbeat import scheduler_status
 
 log = logging.getLogger(__name__)
@@ -48,7 +45,7 @@ def check_scheduler(now: datetime | None = None) -> str | None:
             return None
         log.warning("the scheduler was last seen %s s ago: telling the admins", status.age_seconds)
         try:
-            _email_admins("scheduler_down", last_seen=status.last_seen, minutes=status.age_seconds // 60)
+            email_admins("scheduler_down", last_seen=status.last_seen, minutes=status.age_seconds // 60)
         except Exception:  # not told: the outage is opened again by the next check, here or elsewhere
             db.session.rollback()
             with db.engine.begin() as conn:
@@ -62,7 +59,7 @@ def check_scheduler(now: datetime | None = None) -> str | None:
             closed = conn.execute(delete(table).where(table.c.name == OUTAGE_ROW)).rowcount
         if closed:
             log.warning("the scheduler is back: telling the admins")
-            _email_admins("scheduler_back", last_seen=status.last_seen, minutes=0)
+            email_admins("scheduler_back", last_seen=status.last_seen, minutes=0)
             return "back"
     return None
 
@@ -80,30 +77,3 @@ def check_now_and_then(now: datetime | None = None, *, every: timedelta = timede
     except Exception:  # noqa: BLE001  (an alert that fails must not fail the request)
         db.session.rollback()
         log.exception("could not check the scheduler's heartbeat")
-
-
-def _email_admins(name: str, **context) -> int:
-    """The email `name` to every active admin in their language; queued when the server refuses."""
-    admins = list(db.session.execute(select(Admin).where(Admin.active.is_(True))).scalars())
-    config = current_app.config
-    context |= {"admin_url": f"{config['PUBLIC_URL']}/admin/"}
-    transport = None
-    queued = 0
-    try:
-        for admin in admins:
-            locale = admin.language if admin.language in config["LANGUAGES"] else config["DEFAULT_LOCALE"]
-            message = mail.build_email(name, admin.email, locale, **context)
-            try:
-                transport = transport or transport_from_url()
-                transport.send(mail.envelope_sender(), admin.email, message)
-            except MailError as exc:
-                log.warning("%s to admin %s not sent now (%s): queued", name, admin.id, exc)
-                mail_queue.enqueue(name, to=admin.email, message=message)
-                queued += 1
-    finally:
-        if transport is not None:
-            transport.close()
-    if queued:
-        db.session.commit()
-        mail_queue.wake()
-    return len(admins)
